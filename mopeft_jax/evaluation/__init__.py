@@ -1,0 +1,56 @@
+"""Evaluation of SAM as the MESS benchmark evaluates it (SPEC section 6), numpy in, numpy out.
+
+Per image: resize the label so its longest side is 1024 (:func:`resize_label_longest_side`),
+build one oracle prompt per 4-connected segment (:func:`oracle_prompts`), decode with SAM and
+keep the first multimask output, upscale its logits to the label size, turn them into a class
+map (:func:`semantic_map`) and add the image's :func:`confusion_matrix` to the dataset's. Per
+dataset: :func:`mean_iou`. Across datasets and domains: :func:`mean_of`, :func:`group_means`.
+
+The per-segment prompt rule lives in :mod:`.segments` (:func:`segment_prompts`), shared by the
+evaluation (fixed seed) and training (the training pipeline's random generator).
+
+This package depends on numpy and scipy only.
+"""
+
+from .metrics import confusion_matrix, group_means, mean_iou, mean_of
+from .prompts import (
+    DUMMY_BOX,
+    DUMMY_CLASS,
+    DUMMY_POINT,
+    longest_side_shape,
+    oracle_prompts,
+    resize_label_longest_side,
+)
+from .segments import (
+    FOUR_CONNECTIVITY,
+    PROMPT_KINDS,
+    Segment,
+    connected_segments,
+    interior_candidates,
+    segment_box,
+    segment_point,
+    segment_prompts,
+)
+from .semantic_map import semantic_map
+
+__all__ = [
+    "DUMMY_BOX",
+    "DUMMY_CLASS",
+    "DUMMY_POINT",
+    "FOUR_CONNECTIVITY",
+    "PROMPT_KINDS",
+    "Segment",
+    "confusion_matrix",
+    "connected_segments",
+    "group_means",
+    "interior_candidates",
+    "longest_side_shape",
+    "mean_iou",
+    "mean_of",
+    "oracle_prompts",
+    "resize_label_longest_side",
+    "segment_box",
+    "segment_point",
+    "segment_prompts",
+    "semantic_map",
+]
