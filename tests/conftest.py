@@ -14,25 +14,26 @@ import jax
 
 
 def _register_torchvision_stub():
-  def unavailable(*args, **kwargs):
-    raise RuntimeError("torchvision is not installed; this stand-in only lets "
-                       "segment_anything import.")
+    def unavailable(*args, **kwargs):
+        raise RuntimeError(
+            "torchvision is not installed; this stand-in only lets segment_anything import."
+        )
 
-  modules = {
-      "torchvision": {},
-      "torchvision.ops": {},
-      "torchvision.ops.boxes": {"batched_nms": unavailable, "box_area": unavailable},
-      "torchvision.transforms": {},
-      "torchvision.transforms.functional": {"resize": unavailable, "to_pil_image": unavailable},
-  }
-  for name, attrs in modules.items():
-    module = types.ModuleType(name)
-    module.__dict__.update(attrs)
-    sys.modules[name] = module
+    modules = {
+        "torchvision": {},
+        "torchvision.ops": {},
+        "torchvision.ops.boxes": {"batched_nms": unavailable, "box_area": unavailable},
+        "torchvision.transforms": {},
+        "torchvision.transforms.functional": {"resize": unavailable, "to_pil_image": unavailable},
+    }
+    for name, attrs in modules.items():
+        module = types.ModuleType(name)
+        module.__dict__.update(attrs)
+        sys.modules[name] = module
 
 
 if importlib.util.find_spec("torchvision") is None:
-  _register_torchvision_stub()
+    _register_torchvision_stub()
 
 # Parity is checked in float32 at full precision.
 jax.config.update("jax_default_matmul_precision", "highest")

@@ -22,39 +22,42 @@ __all__ = ["CheckpointError", "load_pytorch_checkpoint", "detect_layout"]
 
 
 def detect_layout(state: Mapping[str, Any]) -> str:
-  """'official' (segment_anything) or 'huggingface' (transformers SamModel), by key names."""
-  keys = list(state)
-  if any(k.startswith("image_encoder.") for k in keys):
-    return "official"
-  if any(k.startswith(("vision_encoder.", "sam.vision_encoder.")) for k in keys):
-    return "huggingface"
-  raise CheckpointError(
-      "Not a SAM checkpoint: no image_encoder.* (segment_anything) or vision_encoder.* "
-      f"(Hugging Face) tensors; its first keys are {sorted(keys)[:5]}.")
+    """'official' (segment_anything) or 'huggingface' (transformers SamModel), by key names."""
+    keys = list(state)
+    if any(k.startswith("image_encoder.") for k in keys):
+        return "official"
+    if any(k.startswith(("vision_encoder.", "sam.vision_encoder.")) for k in keys):
+        return "huggingface"
+    raise CheckpointError(
+        "Not a SAM checkpoint: no image_encoder.* (segment_anything) or vision_encoder.* "
+        f"(Hugging Face) tensors; its first keys are {sorted(keys)[:5]}."
+    )
 
 
-def load_pytorch_checkpoint(source: Union[str, pathlib.Path, Mapping],
-                            **config_overrides) -> Tuple[SamConfig, Any]:
-  """Reads a SAM checkpoint and converts it to Flax params.
+def load_pytorch_checkpoint(
+    source: Union[str, pathlib.Path, Mapping], **config_overrides
+) -> Tuple[SamConfig, Any]:
+    """Reads a SAM checkpoint and converts it to Flax params.
 
-  Args:
-    source: an official checkpoint (`sam_vit_b_01ec64.pth`, ...) or any state dict of
-      the official model; a Hugging Face `facebook/sam-vit-*` folder, its
-      model.safetensors, or a transformers state dict. The layout is told apart by
-      the key names.
-    **config_overrides: `SamConfig` fields to set on top of the inferred ones, e.g.
-      `decoder_num_heads` (not recorded in any tensor shape), `dtype` or `attention`.
+    Args:
+      source: an official checkpoint (`sam_vit_b_01ec64.pth`, ...) or any state dict of
+        the official model; a Hugging Face `facebook/sam-vit-*` folder, its
+        model.safetensors, or a transformers state dict. The layout is told apart by
+        the key names.
+      **config_overrides: `SamConfig` fields to set on top of the inferred ones, e.g.
+        `decoder_num_heads` (not recorded in any tensor shape), `dtype` or `attention`.
 
-  Returns:
-    (config, params): the inferred `SamConfig` and a params pytree for `Sam(config)`.
+    Returns:
+      (config, params): the inferred `SamConfig` and a params pytree for `Sam(config)`.
 
-  Raises:
-    CheckpointError: unreadable file, not SAM, or tensors missing, unexpected or
-      mis-shaped (all of them are named).
-  """
-  state = read_state_dict(source)
-  if detect_layout(state) == "huggingface":
-    from weights_convert.huggingface import to_official  # pylint: disable=g-import-not-at-top
-    state = to_official(state)
-  config = infer_config(state, **config_overrides)
-  return config, convert_state_dict(state, config)
+    Raises:
+      CheckpointError: unreadable file, not SAM, or tensors missing, unexpected or
+        mis-shaped (all of them are named).
+    """
+    state = read_state_dict(source)
+    if detect_layout(state) == "huggingface":
+        from weights_convert.huggingface import to_official  # pylint: disable=g-import-not-at-top
+
+        state = to_official(state)
+    config = infer_config(state, **config_overrides)
+    return config, convert_state_dict(state, config)

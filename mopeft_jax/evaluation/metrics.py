@@ -29,7 +29,9 @@ __all__ = ["confusion_matrix", "group_means", "mean_iou", "mean_of"]
 MIOU_PROTOCOLS = ("detectron2", "mess")
 
 
-def confusion_matrix(pred, label, num_classes: int, ignore_label: Optional[int] = 255) -> np.ndarray:
+def confusion_matrix(
+    pred, label, num_classes: int, ignore_label: Optional[int] = 255
+) -> np.ndarray:
     """Confusion matrix of one prediction; matrices of several images add up.
 
     Args:
@@ -53,7 +55,9 @@ def confusion_matrix(pred, label, num_classes: int, ignore_label: Optional[int] 
     pred = np.asarray(pred)
     label = np.asarray(label)
     if pred.shape != label.shape:
-        raise ValueError(f"pred and label must have the same shape, got {pred.shape} and {label.shape}")
+        raise ValueError(
+            f"pred and label must have the same shape, got {pred.shape} and {label.shape}"
+        )
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     for name, arr in (("pred", pred), ("label", label)):
@@ -115,7 +119,12 @@ def mean_iou(confusion, *, protocol: str = "detectron2") -> Tuple[float, np.ndar
     return miou, iou
 
 
-def mean_of(results: Mapping[str, float], names: Optional[Iterable[str]] = None, *, skip_missing: bool = False) -> float:
+def mean_of(
+    results: Mapping[str, float],
+    names: Optional[Iterable[str]] = None,
+    *,
+    skip_missing: bool = False,
+) -> float:
     """Unweighted mean of some entries of ``results`` (e.g. the per-dataset mIoUs).
 
     Args:

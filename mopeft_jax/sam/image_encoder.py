@@ -18,177 +18,196 @@ from mopeft_jax.sam.layers import MLPBlock, layer_norm, layer_norm_2d
 
 
 def window_partition(x: jax.Array, window: int) -> Tuple[jax.Array, Tuple[int, int]]:
-  """(B, H, W, C) -> (B * nh * nw, window, window, C), zero-padding H and W up to windows."""
-  b, h, w, c = x.shape
-  pad_h, pad_w = -h % window, -w % window
-  x = jnp.pad(x, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
-  hp, wp = h + pad_h, w + pad_w
-  x = x.reshape(b, hp // window, window, wp // window, window, c)
-  return x.transpose(0, 1, 3, 2, 4, 5).reshape(-1, window, window, c), (hp, wp)
+    """(B, H, W, C) -> (B * nh * nw, window, window, C), zero-padding H and W up to windows."""
+    b, h, w, c = x.shape
+    pad_h, pad_w = -h % window, -w % window
+    x = jnp.pad(x, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
+    hp, wp = h + pad_h, w + pad_w
+    x = x.reshape(b, hp // window, window, wp // window, window, c)
+    return x.transpose(0, 1, 3, 2, 4, 5).reshape(-1, window, window, c), (hp, wp)
 
 
-def window_unpartition(windows: jax.Array, window: int, padded_hw: Tuple[int, int],
-                       hw: Tuple[int, int]) -> jax.Array:
-  """Inverse of `window_partition`: (B * nh * nw, window, window, C) -> (B, H, W, C)."""
-  hp, wp = padded_hw
-  c = windows.shape[-1]
-  x = windows.reshape(-1, hp // window, wp // window, window, window, c)
-  x = x.transpose(0, 1, 3, 2, 4, 5).reshape(-1, hp, wp, c)
-  return x[:, :hw[0], :hw[1]]
+def window_unpartition(
+    windows: jax.Array, window: int, padded_hw: Tuple[int, int], hw: Tuple[int, int]
+) -> jax.Array:
+    """Inverse of `window_partition`: (B * nh * nw, window, window, C) -> (B, H, W, C)."""
+    hp, wp = padded_hw
+    c = windows.shape[-1]
+    x = windows.reshape(-1, hp // window, wp // window, window, window, c)
+    x = x.transpose(0, 1, 3, 2, 4, 5).reshape(-1, hp, wp, c)
+    return x[:, : hw[0], : hw[1]]
 
 
 def relative_positions(q_size: int, k_size: int, table: jax.Array) -> jax.Array:
-  """Rel-pos embeddings for every (query, key) offset along one axis.
+    """Rel-pos embeddings for every (query, key) offset along one axis.
 
-  table: (L, H), linearly resized to 2*max(q_size, k_size)-1 rows if L differs.
-  Returns (q_size, k_size, H).
-  """
-  length = 2 * max(q_size, k_size) - 1
-  if table.shape[0] != length:
-    table = jax.image.resize(table, (length, table.shape[1]), "linear", antialias=False)
-  q_coords = jnp.arange(q_size)[:, None] * max(k_size / q_size, 1.0)
-  k_coords = jnp.arange(k_size)[None, :] * max(q_size / k_size, 1.0)
-  index = (q_coords - k_coords) + (k_size - 1) * max(q_size / k_size, 1.0)
-  return table[index.astype(jnp.int32)]
+    table: (L, H), linearly resized to 2*max(q_size, k_size)-1 rows if L differs.
+    Returns (q_size, k_size, H).
+    """
+    length = 2 * max(q_size, k_size) - 1
+    if table.shape[0] != length:
+        table = jax.image.resize(table, (length, table.shape[1]), "linear", antialias=False)
+    q_coords = jnp.arange(q_size)[:, None] * max(k_size / q_size, 1.0)
+    k_coords = jnp.arange(k_size)[None, :] * max(q_size / k_size, 1.0)
+    index = (q_coords - k_coords) + (k_size - 1) * max(q_size / k_size, 1.0)
+    return table[index.astype(jnp.int32)]
 
 
 class Attention(nn.Module):
-  """Multi-head self-attention over a token grid with decomposed relative positions."""
+    """Multi-head self-attention over a token grid with decomposed relative positions."""
 
-  num_heads: int
-  input_size: Tuple[int, int]  # grid the rel-pos tables are sized for
-  config: SamConfig
+    num_heads: int
+    input_size: Tuple[int, int]  # grid the rel-pos tables are sized for
+    config: SamConfig
 
-  @nn.compact
-  def __call__(self, x: jax.Array, prefix: Optional[Tuple[jax.Array, jax.Array]] = None,
-               qkv_delta: Optional[jax.Array] = None) -> jax.Array:
-    """Self-attention of a (B, H, W, C) grid -> (B, H, W, C).
+    @nn.compact
+    def __call__(
+        self,
+        x: jax.Array,
+        prefix: Optional[Tuple[jax.Array, jax.Array]] = None,
+        qkv_delta: Optional[jax.Array] = None,
+    ) -> jax.Array:
+        """Self-attention of a (B, H, W, C) grid -> (B, H, W, C).
 
-    Args:
-      x: tokens (B, H, W, C).
-      prefix: optional (keys, values), each (B, L, C), attended before the grid's keys.
-      qkv_delta: optional (B, H, W, 3C) added to the fused qkv projection (LoRA).
-    """
-    b, h, w, c = x.shape
-    head_dim = c // self.num_heads
-    dtype = jnp.dtype(self.config.dtype)
-    qkv = nn.Dense(3 * c, dtype=dtype, name="qkv")(x)
-    if qkv_delta is not None:
-      qkv = qkv + qkv_delta.astype(qkv.dtype)
-    qkv = qkv.reshape(b, h * w, 3, self.num_heads, head_dim)
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, T, N, hd)
+        Args:
+          x: tokens (B, H, W, C).
+          prefix: optional (keys, values), each (B, L, C), attended before the grid's keys.
+          qkv_delta: optional (B, H, W, 3C) added to the fused qkv projection (LoRA).
+        """
+        b, h, w, c = x.shape
+        head_dim = c // self.num_heads
+        dtype = jnp.dtype(self.config.dtype)
+        qkv = nn.Dense(3 * c, dtype=dtype, name="qkv")(x)
+        if qkv_delta is not None:
+            qkv = qkv + qkv_delta.astype(qkv.dtype)
+        qkv = qkv.reshape(b, h * w, 3, self.num_heads, head_dim)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, T, N, hd)
 
-    table_shape = lambda n: (2 * n - 1, head_dim)  # noqa: E731
-    zeros = nn.initializers.zeros
-    rel_pos_h = self.param("rel_pos_h", zeros, table_shape(self.input_size[0])).astype(dtype)
-    rel_pos_w = self.param("rel_pos_w", zeros, table_shape(self.input_size[1])).astype(dtype)
-    q_grid = q.reshape(b, h, w, self.num_heads, head_dim)
-    rel_h = jnp.einsum("bhwnc,hkc->bhwnk", q_grid, relative_positions(h, h, rel_pos_h))
-    rel_w = jnp.einsum("bhwnc,wkc->bhwnk", q_grid, relative_positions(w, w, rel_pos_w))
-    rel_h = rel_h.reshape(b, h * w, self.num_heads, h)
-    rel_w = rel_w.reshape(b, h * w, self.num_heads, w)
+        table_shape = lambda n: (2 * n - 1, head_dim)  # noqa: E731
+        zeros = nn.initializers.zeros
+        rel_pos_h = self.param("rel_pos_h", zeros, table_shape(self.input_size[0])).astype(dtype)
+        rel_pos_w = self.param("rel_pos_w", zeros, table_shape(self.input_size[1])).astype(dtype)
+        q_grid = q.reshape(b, h, w, self.num_heads, head_dim)
+        rel_h = jnp.einsum("bhwnc,hkc->bhwnk", q_grid, relative_positions(h, h, rel_pos_h))
+        rel_w = jnp.einsum("bhwnc,wkc->bhwnk", q_grid, relative_positions(w, w, rel_pos_w))
+        rel_h = rel_h.reshape(b, h * w, self.num_heads, h)
+        rel_w = rel_w.reshape(b, h * w, self.num_heads, w)
 
-    num_prefix = 0
-    if prefix is not None:
-      prefix_k, prefix_v = (p.astype(dtype).reshape(b, -1, self.num_heads, head_dim)
-                            for p in prefix)
-      num_prefix = prefix_k.shape[1]
-      k = jnp.concatenate([prefix_k, k], axis=1)
-      v = jnp.concatenate([prefix_v, v], axis=1)
+        num_prefix = 0
+        if prefix is not None:
+            prefix_k, prefix_v = (
+                p.astype(dtype).reshape(b, -1, self.num_heads, head_dim) for p in prefix
+            )
+            num_prefix = prefix_k.shape[1]
+            k = jnp.concatenate([prefix_k, k], axis=1)
+            v = jnp.concatenate([prefix_v, v], axis=1)
 
-    out = attention_lib.dot_product_attention(
-        q, k, v, scale=head_dim**-0.5, rel_h=rel_h, rel_w=rel_w, num_prefix=num_prefix,
-        implementation=self.config.attention, query_chunk=self.config.attention_query_chunk)
-    out = out.reshape(b, h, w, c)
-    return nn.Dense(c, dtype=dtype, name="proj")(out)
+        out = attention_lib.dot_product_attention(
+            q,
+            k,
+            v,
+            scale=head_dim**-0.5,
+            rel_h=rel_h,
+            rel_w=rel_w,
+            num_prefix=num_prefix,
+            implementation=self.config.attention,
+            query_chunk=self.config.attention_query_chunk,
+        )
+        out = out.reshape(b, h, w, c)
+        return nn.Dense(c, dtype=dtype, name="proj")(out)
 
 
 class Block(nn.Module):
-  """Pre-LN ViT block; windowed attention unless `window_size` is 0.
+    """Pre-LN ViT block; windowed attention unless `window_size` is 0.
 
-  Hosts the PEFT layers of `config.peft` (LoRA on qkv, prefix keys/values,
-  a sequential adapter after the MLP), each behind its gate.
-  """
+    Hosts the PEFT layers of `config.peft` (LoRA on qkv, prefix keys/values,
+    a sequential adapter after the MLP), each behind its gate.
+    """
 
-  config: SamConfig
-  window_size: int
-  index: int
+    config: SamConfig
+    window_size: int
+    index: int
 
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    """(B, H, W, C) -> (B, H, W, C)."""
-    cfg = self.config
-    dtype = jnp.dtype(cfg.dtype)
-    c = x.shape[-1]
-    grid = (cfg.embedding_size, cfg.embedding_size)
-    attn_input_size = grid if self.window_size == 0 else (self.window_size, self.window_size)
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """(B, H, W, C) -> (B, H, W, C)."""
+        cfg = self.config
+        dtype = jnp.dtype(cfg.dtype)
+        c = x.shape[-1]
+        grid = (cfg.embedding_size, cfg.embedding_size)
+        attn_input_size = grid if self.window_size == 0 else (self.window_size, self.window_size)
 
-    shortcut = x
-    x = layer_norm(1e-6, dtype, "norm1")(x)
-    qkv_delta, prefix = None, None
-    h, w = x.shape[1:3]
-    attn = Attention(cfg.encoder_num_heads, attn_input_size, cfg, name="attn")
-    if self.window_size > 0:
-      x, padded = window_partition(x, self.window_size)
-      if qkv_delta is not None:
-        qkv_delta, _ = window_partition(qkv_delta, self.window_size)
-      if prefix is not None:
-        repeats = x.shape[0] // shortcut.shape[0]
-        prefix = tuple(jnp.repeat(p, repeats, axis=0) for p in prefix)
-      x = attn(x, prefix, qkv_delta)
-      x = window_unpartition(x, self.window_size, padded, (h, w))
-    else:
-      x = attn(x, prefix, qkv_delta)
-    x = shortcut + x
-    x = x + MLPBlock(int(c * cfg.mlp_ratio), dtype=dtype, name="mlp")(
-        layer_norm(1e-6, dtype, "norm2")(x))
-    return x
+        shortcut = x
+        x = layer_norm(1e-6, dtype, "norm1")(x)
+        qkv_delta, prefix = None, None
+        h, w = x.shape[1:3]
+        attn = Attention(cfg.encoder_num_heads, attn_input_size, cfg, name="attn")
+        if self.window_size > 0:
+            x, padded = window_partition(x, self.window_size)
+            if qkv_delta is not None:
+                qkv_delta, _ = window_partition(qkv_delta, self.window_size)
+            if prefix is not None:
+                repeats = x.shape[0] // shortcut.shape[0]
+                prefix = tuple(jnp.repeat(p, repeats, axis=0) for p in prefix)
+            x = attn(x, prefix, qkv_delta)
+            x = window_unpartition(x, self.window_size, padded, (h, w))
+        else:
+            x = attn(x, prefix, qkv_delta)
+        x = shortcut + x
+        x = x + MLPBlock(int(c * cfg.mlp_ratio), dtype=dtype, name="mlp")(
+            layer_norm(1e-6, dtype, "norm2")(x)
+        )
+        return x
 
 
 class ImageEncoderViT(nn.Module):
-  """Patch embedding, ViT blocks and neck: (B, S, S, 3) -> (B, S/p, S/p, prompt_embed_dim)."""
+    """Patch embedding, ViT blocks and neck: (B, S, S, 3) -> (B, S/p, S/p, prompt_embed_dim)."""
 
-  config: SamConfig
+    config: SamConfig
 
-  @nn.compact
-  def __call__(self, images: jax.Array) -> jax.Array:
-    cfg = self.config
-    dtype = jnp.dtype(cfg.dtype)
-    expected = (cfg.image_size, cfg.image_size, 3)
-    if images.ndim != 4 or tuple(images.shape[1:]) != expected:
-      raise ValueError(
-          f"encode_image expects images of shape (B, {cfg.image_size}, {cfg.image_size}, 3), "
-          f"normalised and padded (see mopeft_jax.sam.transforms.preprocess); got "
-          f"{tuple(images.shape)}.")
-    p = cfg.patch_size
-    x = PatchEmbed(cfg.encoder_embed_dim, p, dtype, name="patch_embed")(images.astype(dtype))
-    grid = cfg.embedding_size
-    pos_embed = self.param("pos_embed", nn.initializers.zeros,
-                           (1, grid, grid, cfg.encoder_embed_dim))
-    x = x + pos_embed.astype(dtype)
+    @nn.compact
+    def __call__(self, images: jax.Array) -> jax.Array:
+        cfg = self.config
+        dtype = jnp.dtype(cfg.dtype)
+        expected = (cfg.image_size, cfg.image_size, 3)
+        if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+            raise ValueError(
+                f"encode_image expects images of shape (B, {cfg.image_size}, {cfg.image_size}, 3), "
+                f"normalised and padded (see mopeft_jax.sam.transforms.preprocess); got "
+                f"{tuple(images.shape)}."
+            )
+        p = cfg.patch_size
+        x = PatchEmbed(cfg.encoder_embed_dim, p, dtype, name="patch_embed")(images.astype(dtype))
+        grid = cfg.embedding_size
+        pos_embed = self.param(
+            "pos_embed", nn.initializers.zeros, (1, grid, grid, cfg.encoder_embed_dim)
+        )
+        x = x + pos_embed.astype(dtype)
 
-    block_cls = nn.remat(Block) if cfg.remat else Block
-    for i in range(cfg.encoder_depth):
-      window = 0 if i in cfg.encoder_global_attn_indexes else cfg.window_size
-      x = block_cls(cfg, window, i, name=f"blocks_{i}")(x)
+        block_cls = nn.remat(Block) if cfg.remat else Block
+        for i in range(cfg.encoder_depth):
+            window = 0 if i in cfg.encoder_global_attn_indexes else cfg.window_size
+            x = block_cls(cfg, window, i, name=f"blocks_{i}")(x)
 
-    out = cfg.prompt_embed_dim
-    x = nn.Conv(out, (1, 1), use_bias=False, dtype=dtype, name="neck_0")(x)
-    x = layer_norm_2d("neck_1", dtype)(x)
-    x = nn.Conv(out, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, dtype=dtype,
-                name="neck_2")(x)
-    return layer_norm_2d("neck_3", dtype)(x)
+        out = cfg.prompt_embed_dim
+        x = nn.Conv(out, (1, 1), use_bias=False, dtype=dtype, name="neck_0")(x)
+        x = layer_norm_2d("neck_1", dtype)(x)
+        x = nn.Conv(
+            out, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, dtype=dtype, name="neck_2"
+        )(x)
+        return layer_norm_2d("neck_3", dtype)(x)
 
 
 class PatchEmbed(nn.Module):
-  """Non-overlapping p x p patches to C channels: (B, S, S, 3) -> (B, S/p, S/p, C)."""
+    """Non-overlapping p x p patches to C channels: (B, S, S, 3) -> (B, S/p, S/p, C)."""
 
-  embed_dim: int
-  patch_size: int
-  dtype: jnp.dtype = jnp.float32
+    embed_dim: int
+    patch_size: int
+    dtype: jnp.dtype = jnp.float32
 
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    p = self.patch_size
-    return nn.Conv(self.embed_dim, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
-                   name="proj")(x)
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        p = self.patch_size
+        return nn.Conv(
+            self.embed_dim, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype, name="proj"
+        )(x)

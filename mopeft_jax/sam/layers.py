@@ -15,58 +15,59 @@ gelu = lambda x: jax.nn.gelu(x, approximate=False)  # noqa: E731
 
 
 def layer_norm(epsilon: float, dtype: Dtype, name=None) -> nn.LayerNorm:
-  """LayerNorm over the last axis with PyTorch's two-pass variance.
+    """LayerNorm over the last axis with PyTorch's two-pass variance.
 
-  Flax's default E[x^2] - E[x]^2 loses precision when the channels are nearly
-  equal, which the few-channel norms of the mask-prompt convs run into.
-  """
-  return nn.LayerNorm(epsilon=epsilon, dtype=dtype, use_fast_variance=False, name=name)
+    Flax's default E[x^2] - E[x]^2 loses precision when the channels are nearly
+    equal, which the few-channel norms of the mask-prompt convs run into.
+    """
+    return nn.LayerNorm(epsilon=epsilon, dtype=dtype, use_fast_variance=False, name=name)
 
 
 def layer_norm_2d(name, dtype: Dtype) -> nn.LayerNorm:
-  """`segment_anything`'s LayerNorm2d: over channels, eps 1e-6; in NHWC a plain LayerNorm."""
-  return layer_norm(1e-6, dtype, name)
+    """`segment_anything`'s LayerNorm2d: over channels, eps 1e-6; in NHWC a plain LayerNorm."""
+    return layer_norm(1e-6, dtype, name)
 
 
 class MLPBlock(nn.Module):
-  """lin1 -> act -> lin2 on the last axis (..., C) -> (..., C)."""
+    """lin1 -> act -> lin2 on the last axis (..., C) -> (..., C)."""
 
-  mlp_dim: int
-  act: Callable[[jax.Array], jax.Array] = gelu
-  dtype: Dtype = jnp.float32
+    mlp_dim: int
+    act: Callable[[jax.Array], jax.Array] = gelu
+    dtype: Dtype = jnp.float32
 
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    features = x.shape[-1]
-    x = self.act(nn.Dense(self.mlp_dim, dtype=self.dtype, name="lin1")(x))
-    return nn.Dense(features, dtype=self.dtype, name="lin2")(x)
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        features = x.shape[-1]
+        x = self.act(nn.Dense(self.mlp_dim, dtype=self.dtype, name="lin1")(x))
+        return nn.Dense(features, dtype=self.dtype, name="lin2")(x)
 
 
 class MLP(nn.Module):
-  """`num_layers` Dense layers with ReLU between them: (..., C_in) -> (..., output_dim)."""
+    """`num_layers` Dense layers with ReLU between them: (..., C_in) -> (..., output_dim)."""
 
-  hidden_dim: int
-  output_dim: int
-  num_layers: int
-  dtype: Dtype = jnp.float32
+    hidden_dim: int
+    output_dim: int
+    num_layers: int
+    dtype: Dtype = jnp.float32
 
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    for i in range(self.num_layers):
-      last = i == self.num_layers - 1
-      x = nn.Dense(self.output_dim if last else self.hidden_dim, dtype=self.dtype,
-                   name=f"layers_{i}")(x)
-      if not last:
-        x = nn.relu(x)
-    return x
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for i in range(self.num_layers):
+            last = i == self.num_layers - 1
+            x = nn.Dense(
+                self.output_dim if last else self.hidden_dim, dtype=self.dtype, name=f"layers_{i}"
+            )(x)
+            if not last:
+                x = nn.relu(x)
+        return x
 
 
 class Embedding(nn.Module):
-  """A learned table (num, C) returned whole, like `nn.Embedding(num, C).weight`."""
+    """A learned table (num, C) returned whole, like `nn.Embedding(num, C).weight`."""
 
-  num: int
-  features: int
+    num: int
+    features: int
 
-  @nn.compact
-  def __call__(self) -> jax.Array:
-    return self.param("embedding", nn.initializers.normal(1.0), (self.num, self.features))
+    @nn.compact
+    def __call__(self) -> jax.Array:
+        return self.param("embedding", nn.initializers.normal(1.0), (self.num, self.features))

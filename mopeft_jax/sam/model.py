@@ -15,108 +15,133 @@ from mopeft_jax.sam.prompt_encoder import PromptEncoder
 
 
 class Sam(nn.Module):
-  """SAM: image encoder, prompt encoder and mask decoder.
+    """SAM: image encoder, prompt encoder and mask decoder.
 
-  Parameters live under `image_encoder`, `prompt_encoder` and `mask_decoder`, with
-  the official PyTorch module names below them (`image_encoder/blocks_0/attn/qkv`).
+    Parameters live under `image_encoder`, `prompt_encoder` and `mask_decoder`, with
+    the official PyTorch module names below them (`image_encoder/blocks_0/attn/qkv`).
 
-  Typical use encodes an image once and decodes many prompts against it:
+    Typical use encodes an image once and decodes many prompts against it:
 
-      model = Sam(config)
-      emb = model.apply({"params": params}, images, method=Sam.encode_image)
-      masks, iou = model.apply({"params": params}, emb, boxes=boxes, method=Sam.decode)
-  """
-
-  config: SamConfig
-
-  def setup(self):
-    self.image_encoder = ImageEncoderViT(self.config)
-    self.prompt_encoder = PromptEncoder(self.config)
-    self.mask_decoder = MaskDecoder(self.config)
-
-  def encode_image(self, images: jax.Array) -> jax.Array:
-    """Normalised, padded images (B, S, S, 3) -> image embeddings (B, S/p, S/p, D)."""
-    return self.image_encoder(images)
-
-  def decode(self,
-             image_embeddings: jax.Array,
-             point_coords: Optional[jax.Array] = None,
-             point_labels: Optional[jax.Array] = None,
-             boxes: Optional[jax.Array] = None,
-             mask_inputs: Optional[jax.Array] = None,
-             multimask_output: bool = True) -> Tuple[jax.Array, jax.Array]:
-    """Masks for B prompt sets.
-
-    Args:
-      image_embeddings: (B, h, w, D), or (1, h, w, D) shared by all B prompt sets
-        (many prompts for one image without re-running the encoder).
-      point_coords: (B, N, 2) as (x, y) pixels of the padded input frame.
-      point_labels: (B, N): 1 foreground, 0 background, -1 padding.
-      boxes: (B, 4) as x0, y0, x1, y1 in input-frame pixels.
-      mask_inputs: (B, 4h, 4w, 1) low-res mask logits, e.g. a previous prediction.
-      multimask_output: the three ambiguity-aware masks if True, else the single mask.
-
-    Returns:
-      Low-res mask logits (B, M, 4h, 4w) and IoU predictions (B, M), M = 3 or 1.
+        model = Sam(config)
+        emb = model.apply({"params": params}, images, method=Sam.encode_image)
+        masks, iou = model.apply({"params": params}, emb, boxes=boxes, method=Sam.decode)
     """
-    if (point_coords is None) != (point_labels is None):
-      raise ValueError("point_coords and point_labels must be given together.")
-    batch_size = _prompt_batch_size(image_embeddings, point_coords, point_labels, boxes,
-                                    mask_inputs)
-    points = None if point_coords is None else (point_coords, point_labels)
-    sparse, dense = self.prompt_encoder(batch_size, points, boxes, mask_inputs)
-    return self.mask_decoder(image_embeddings, self.prompt_encoder.dense_pe(), sparse, dense,
-                             multimask_output)
 
-  def __call__(self, images: jax.Array, point_coords: Optional[jax.Array] = None,
-               point_labels: Optional[jax.Array] = None, boxes: Optional[jax.Array] = None,
-               mask_inputs: Optional[jax.Array] = None,
-               multimask_output: bool = True) -> Tuple[jax.Array, jax.Array]:
-    """`encode_image` then `decode`, one prompt set per image: (B, S, S, 3) -> masks, IoU."""
-    return self.decode(self.encode_image(images), point_coords, point_labels, boxes,
-                       mask_inputs, multimask_output)
+    config: SamConfig
 
-  def init_params(self, rng: jax.Array) -> dict:
-    """Randomly initialised params of every submodule (wrap in `jax.eval_shape` for shapes only)."""
-    cfg = self.config
-    size, low_res = cfg.image_size, cfg.low_res_mask_size
-    images = jnp.zeros((1, size, size, 3), jnp.float32)
-    masks = jnp.zeros((1, low_res, low_res, 1), jnp.float32)
-    return jax.jit(self.init, static_argnames="method")(
-        rng, images, masks, method=Sam._with_every_prompt)["params"]
+    def setup(self):
+        self.image_encoder = ImageEncoderViT(self.config)
+        self.prompt_encoder = PromptEncoder(self.config)
+        self.mask_decoder = MaskDecoder(self.config)
 
-  def _with_every_prompt(self, images: jax.Array, mask_inputs: jax.Array):
-    """Runs every submodule once: points, boxes and a mask prompt, and no mask prompt."""
-    embeddings = self.encode_image(images)
-    points = jnp.zeros((1, 1, 2), jnp.float32), jnp.ones((1, 1), jnp.int32)
-    boxes = jnp.zeros((1, 4), jnp.float32)
-    return (self.decode(embeddings, *points, boxes, mask_inputs),
-            self.decode(embeddings, *points, boxes))
+    def encode_image(self, images: jax.Array) -> jax.Array:
+        """Normalised, padded images (B, S, S, 3) -> image embeddings (B, S/p, S/p, D)."""
+        return self.image_encoder(images)
+
+    def decode(
+        self,
+        image_embeddings: jax.Array,
+        point_coords: Optional[jax.Array] = None,
+        point_labels: Optional[jax.Array] = None,
+        boxes: Optional[jax.Array] = None,
+        mask_inputs: Optional[jax.Array] = None,
+        multimask_output: bool = True,
+    ) -> Tuple[jax.Array, jax.Array]:
+        """Masks for B prompt sets.
+
+        Args:
+          image_embeddings: (B, h, w, D), or (1, h, w, D) shared by all B prompt sets
+            (many prompts for one image without re-running the encoder).
+          point_coords: (B, N, 2) as (x, y) pixels of the padded input frame.
+          point_labels: (B, N): 1 foreground, 0 background, -1 padding.
+          boxes: (B, 4) as x0, y0, x1, y1 in input-frame pixels.
+          mask_inputs: (B, 4h, 4w, 1) low-res mask logits, e.g. a previous prediction.
+          multimask_output: the three ambiguity-aware masks if True, else the single mask.
+
+        Returns:
+          Low-res mask logits (B, M, 4h, 4w) and IoU predictions (B, M), M = 3 or 1.
+        """
+        if (point_coords is None) != (point_labels is None):
+            raise ValueError("point_coords and point_labels must be given together.")
+        batch_size = _prompt_batch_size(
+            image_embeddings, point_coords, point_labels, boxes, mask_inputs
+        )
+        points = None if point_coords is None else (point_coords, point_labels)
+        sparse, dense = self.prompt_encoder(batch_size, points, boxes, mask_inputs)
+        return self.mask_decoder(
+            image_embeddings, self.prompt_encoder.dense_pe(), sparse, dense, multimask_output
+        )
+
+    def __call__(
+        self,
+        images: jax.Array,
+        point_coords: Optional[jax.Array] = None,
+        point_labels: Optional[jax.Array] = None,
+        boxes: Optional[jax.Array] = None,
+        mask_inputs: Optional[jax.Array] = None,
+        multimask_output: bool = True,
+    ) -> Tuple[jax.Array, jax.Array]:
+        """`encode_image` then `decode`, one prompt set per image: (B, S, S, 3) -> masks, IoU."""
+        return self.decode(
+            self.encode_image(images),
+            point_coords,
+            point_labels,
+            boxes,
+            mask_inputs,
+            multimask_output,
+        )
+
+    def init_params(self, rng: jax.Array) -> dict:
+        """Randomly initialised params of every submodule (wrap in `jax.eval_shape` for shapes only)."""
+        cfg = self.config
+        size, low_res = cfg.image_size, cfg.low_res_mask_size
+        images = jnp.zeros((1, size, size, 3), jnp.float32)
+        masks = jnp.zeros((1, low_res, low_res, 1), jnp.float32)
+        return jax.jit(self.init, static_argnames="method")(
+            rng, images, masks, method=Sam._with_every_prompt
+        )["params"]
+
+    def _with_every_prompt(self, images: jax.Array, mask_inputs: jax.Array):
+        """Runs every submodule once: points, boxes and a mask prompt, and no mask prompt."""
+        embeddings = self.encode_image(images)
+        points = jnp.zeros((1, 1, 2), jnp.float32), jnp.ones((1, 1), jnp.int32)
+        boxes = jnp.zeros((1, 4), jnp.float32)
+        return (
+            self.decode(embeddings, *points, boxes, mask_inputs),
+            self.decode(embeddings, *points, boxes),
+        )
 
 
 def _prompt_batch_size(image_embeddings, point_coords, point_labels, boxes, mask_inputs) -> int:
-  """The number B of prompt sets, checking that every prompt agrees on it."""
-  shapes = {
-      "point_coords": (point_coords, 3, 2),
-      "point_labels": (point_labels, 2, None),
-      "boxes": (boxes, 2, 4),
-      "mask_inputs": (mask_inputs, 4, 1),
-  }
-  sizes = {}
-  for name, (x, ndim, last) in shapes.items():
-    if x is None:
-      continue
-    if x.ndim != ndim or (last is not None and x.shape[-1] != last):
-      raise ValueError(f"{name} has shape {tuple(x.shape)}; expected {ndim} axes"
-                       + (f" ending in {last}" if last else "") + " with a leading batch axis B.")
-    sizes[name] = x.shape[0]
-  if point_coords is not None and point_coords.shape[:2] != point_labels.shape:
-    raise ValueError(f"point_coords {tuple(point_coords.shape)} and point_labels "
-                     f"{tuple(point_labels.shape)} disagree on (B, N).")
-  if len(set(sizes.values())) > 1:
-    raise ValueError(f"Prompts disagree on the batch size B: {sizes}.")
-  batch = next(iter(sizes.values()), image_embeddings.shape[0])
-  if image_embeddings.shape[0] not in (1, batch):
-    raise ValueError(f"image_embeddings has batch {image_embeddings.shape[0]} but the prompts "
-                     f"have B={batch}; pass one embedding per prompt set or a single shared one.")
-  return batch
+    """The number B of prompt sets, checking that every prompt agrees on it."""
+    shapes = {
+        "point_coords": (point_coords, 3, 2),
+        "point_labels": (point_labels, 2, None),
+        "boxes": (boxes, 2, 4),
+        "mask_inputs": (mask_inputs, 4, 1),
+    }
+    sizes = {}
+    for name, (x, ndim, last) in shapes.items():
+        if x is None:
+            continue
+        if x.ndim != ndim or (last is not None and x.shape[-1] != last):
+            raise ValueError(
+                f"{name} has shape {tuple(x.shape)}; expected {ndim} axes"
+                + (f" ending in {last}" if last else "")
+                + " with a leading batch axis B."
+            )
+        sizes[name] = x.shape[0]
+    if point_coords is not None and point_coords.shape[:2] != point_labels.shape:
+        raise ValueError(
+            f"point_coords {tuple(point_coords.shape)} and point_labels "
+            f"{tuple(point_labels.shape)} disagree on (B, N)."
+        )
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"Prompts disagree on the batch size B: {sizes}.")
+    batch = next(iter(sizes.values()), image_embeddings.shape[0])
+    if image_embeddings.shape[0] not in (1, batch):
+        raise ValueError(
+            f"image_embeddings has batch {image_embeddings.shape[0]} but the prompts "
+            f"have B={batch}; pass one embedding per prompt set or a single shared one."
+        )
+    return batch

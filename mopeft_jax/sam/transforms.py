@@ -15,88 +15,103 @@ from mopeft_jax.sam.config import PIXEL_MEAN, PIXEL_STD
 
 
 def preprocess_shape(height: int, width: int, long_side: int) -> Tuple[int, int]:
-  """Size (H', W') of an image resized so that its longest side is `long_side`."""
-  scale = long_side * 1.0 / max(height, width)
-  return int(height * scale + 0.5), int(width * scale + 0.5)
+    """Size (H', W') of an image resized so that its longest side is `long_side`."""
+    scale = long_side * 1.0 / max(height, width)
+    return int(height * scale + 0.5), int(width * scale + 0.5)
 
 
 def resize_longest_side(image: jax.Array, long_side: int = 1024) -> jax.Array:
-  """Bilinear, antialiased resize of (H, W, C) (or (B, H, W, C)) to longest side `long_side`.
+    """Bilinear, antialiased resize of (H, W, C) (or (B, H, W, C)) to longest side `long_side`.
 
-  The official pipeline resizes uint8 images with PIL's antialiased bilinear filter;
-  this is the same filter in float, so values differ from PIL's by its uint8 rounding.
-  """
-  h, w = image.shape[-3:-1]
-  new_h, new_w = preprocess_shape(h, w, long_side)
-  shape = (*image.shape[:-3], new_h, new_w, image.shape[-1])
-  return jax.image.resize(image.astype(jnp.float32), shape, "linear", antialias=True)
-
-
-def normalize_and_pad(image: jax.Array, image_size: int = 1024,
-                      pixel_mean: Sequence[float] = PIXEL_MEAN,
-                      pixel_std: Sequence[float] = PIXEL_STD) -> jax.Array:
-  """`Sam.preprocess`: RGB in [0, 255] (..., H, W, 3) -> normalised, zero-padded (..., S, S, 3)."""
-  h, w = image.shape[-3:-1]
-  if h > image_size or w > image_size:
-    raise ValueError(f"Image of size {h}x{w} is larger than the model input {image_size}; "
-                     "resize it first with resize_longest_side.")
-  x = (image.astype(jnp.float32) - jnp.asarray(pixel_mean)) / jnp.asarray(pixel_std)
-  pad = [(0, 0)] * (x.ndim - 3) + [(0, image_size - h), (0, image_size - w), (0, 0)]
-  return jnp.pad(x, pad)
+    The official pipeline resizes uint8 images with PIL's antialiased bilinear filter;
+    this is the same filter in float, so values differ from PIL's by its uint8 rounding.
+    """
+    h, w = image.shape[-3:-1]
+    new_h, new_w = preprocess_shape(h, w, long_side)
+    shape = (*image.shape[:-3], new_h, new_w, image.shape[-1])
+    return jax.image.resize(image.astype(jnp.float32), shape, "linear", antialias=True)
 
 
-def preprocess(image: jax.Array, image_size: int = 1024,
-               pixel_mean: Sequence[float] = PIXEL_MEAN,
-               pixel_std: Sequence[float] = PIXEL_STD) -> jax.Array:
-  """An RGB image (H, W, 3) in [0, 255] -> the encoder input (S, S, 3).
+def normalize_and_pad(
+    image: jax.Array,
+    image_size: int = 1024,
+    pixel_mean: Sequence[float] = PIXEL_MEAN,
+    pixel_std: Sequence[float] = PIXEL_STD,
+) -> jax.Array:
+    """`Sam.preprocess`: RGB in [0, 255] (..., H, W, 3) -> normalised, zero-padded (..., S, S, 3)."""
+    h, w = image.shape[-3:-1]
+    if h > image_size or w > image_size:
+        raise ValueError(
+            f"Image of size {h}x{w} is larger than the model input {image_size}; "
+            "resize it first with resize_longest_side."
+        )
+    x = (image.astype(jnp.float32) - jnp.asarray(pixel_mean)) / jnp.asarray(pixel_std)
+    pad = [(0, 0)] * (x.ndim - 3) + [(0, image_size - h), (0, image_size - w), (0, 0)]
+    return jnp.pad(x, pad)
 
-  Grayscale (H, W) or (H, W, 1) and RGBA (H, W, 4) images are converted to RGB.
-  """
-  image = as_rgb(image)
-  return normalize_and_pad(resize_longest_side(image, image_size), image_size, pixel_mean,
-                           pixel_std)
+
+def preprocess(
+    image: jax.Array,
+    image_size: int = 1024,
+    pixel_mean: Sequence[float] = PIXEL_MEAN,
+    pixel_std: Sequence[float] = PIXEL_STD,
+) -> jax.Array:
+    """An RGB image (H, W, 3) in [0, 255] -> the encoder input (S, S, 3).
+
+    Grayscale (H, W) or (H, W, 1) and RGBA (H, W, 4) images are converted to RGB.
+    """
+    image = as_rgb(image)
+    return normalize_and_pad(
+        resize_longest_side(image, image_size), image_size, pixel_mean, pixel_std
+    )
 
 
 def as_rgb(image):
-  """(H, W), (H, W, 1), (H, W, 3) or (H, W, 4) -> (H, W, 3); alpha is dropped."""
-  image = jnp.asarray(image)
-  if image.ndim == 2:
-    image = image[..., None]
-  if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
-    raise ValueError(f"Expected an image of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); "
-                     f"got {tuple(image.shape)}.")
-  if image.shape[-1] == 1:
-    return jnp.repeat(image, 3, axis=-1)
-  return image[..., :3]
+    """(H, W), (H, W, 1), (H, W, 3) or (H, W, 4) -> (H, W, 3); alpha is dropped."""
+    image = jnp.asarray(image)
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
+        raise ValueError(
+            f"Expected an image of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); "
+            f"got {tuple(image.shape)}."
+        )
+    if image.shape[-1] == 1:
+        return jnp.repeat(image, 3, axis=-1)
+    return image[..., :3]
 
 
 def apply_coords(coords, original_size: Tuple[int, int], long_side: int = 1024):
-  """Point coordinates (..., 2) as (x, y) in the original image -> the resized frame."""
-  old_h, old_w = original_size
-  new_h, new_w = preprocess_shape(old_h, old_w, long_side)
-  scale = jnp.asarray([new_w / old_w, new_h / old_h], jnp.float32)
-  return jnp.asarray(coords, jnp.float32) * scale
+    """Point coordinates (..., 2) as (x, y) in the original image -> the resized frame."""
+    old_h, old_w = original_size
+    new_h, new_w = preprocess_shape(old_h, old_w, long_side)
+    scale = jnp.asarray([new_w / old_w, new_h / old_h], jnp.float32)
+    return jnp.asarray(coords, jnp.float32) * scale
 
 
 def apply_boxes(boxes, original_size: Tuple[int, int], long_side: int = 1024):
-  """Boxes (..., 4) as x0, y0, x1, y1 in the original image -> the resized frame."""
-  boxes = jnp.asarray(boxes, jnp.float32)
-  corners = apply_coords(boxes.reshape(*boxes.shape[:-1], 2, 2), original_size, long_side)
-  return corners.reshape(boxes.shape)
+    """Boxes (..., 4) as x0, y0, x1, y1 in the original image -> the resized frame."""
+    boxes = jnp.asarray(boxes, jnp.float32)
+    corners = apply_coords(boxes.reshape(*boxes.shape[:-1], 2, 2), original_size, long_side)
+    return corners.reshape(boxes.shape)
 
 
 def _bilinear(masks: jax.Array, size: Tuple[int, int]) -> jax.Array:
-  """`F.interpolate(mode="bilinear", align_corners=False)` on the last two axes."""
-  return jax.image.resize(masks, (*masks.shape[:-2], *size), "linear", antialias=False)
+    """`F.interpolate(mode="bilinear", align_corners=False)` on the last two axes."""
+    return jax.image.resize(masks, (*masks.shape[:-2], *size), "linear", antialias=False)
 
 
-def postprocess_masks(masks: jax.Array, input_size: Tuple[int, int],
-                      original_size: Tuple[int, int], image_size: int = 1024) -> jax.Array:
-  """`Sam.postprocess_masks`: low-res logits (..., h, w) -> logits (..., H, W) of the original.
+def postprocess_masks(
+    masks: jax.Array,
+    input_size: Tuple[int, int],
+    original_size: Tuple[int, int],
+    image_size: int = 1024,
+) -> jax.Array:
+    """`Sam.postprocess_masks`: low-res logits (..., h, w) -> logits (..., H, W) of the original.
 
-  Upscales to the padded input size, crops the padding (the resized image occupies
-  `input_size`) and resizes to `original_size`, bilinearly.
-  """
-  masks = _bilinear(masks.astype(jnp.float32), (image_size, image_size))
-  masks = masks[..., :input_size[0], :input_size[1]]
-  return _bilinear(masks, tuple(original_size))
+    Upscales to the padded input size, crops the padding (the resized image occupies
+    `input_size`) and resizes to `original_size`, bilinearly.
+    """
+    masks = _bilinear(masks.astype(jnp.float32), (image_size, image_size))
+    masks = masks[..., : input_size[0], : input_size[1]]
+    return _bilinear(masks, tuple(original_size))

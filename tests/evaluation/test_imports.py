@@ -11,7 +11,13 @@ FORBIDDEN = {"jax", "flax", "torch", "cv2", "tensorflow", "optax", "mopeft_jax"}
 def test_evaluation_imports_only_numpy_scipy_and_stdlib():
     package = pathlib.Path(evaluation.__file__).parent
     files = sorted(package.glob("*.py"))
-    assert {f.name for f in files} >= {"__init__.py", "segments.py", "prompts.py", "semantic_map.py", "metrics.py"}
+    assert {f.name for f in files} >= {
+        "__init__.py",
+        "segments.py",
+        "prompts.py",
+        "semantic_map.py",
+        "metrics.py",
+    }
     for path in files:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):

@@ -16,7 +16,9 @@ def _detectron2_evaluate(pred_list, gt_list, num_classes, ignore_label=255, mess
     for pred, gt in zip(pred_list, gt_list):
         gt = np.array(gt, dtype=int)
         gt[gt == ignore_label] = k
-        conf += np.bincount((k + 1) * np.asarray(pred).reshape(-1) + gt.reshape(-1), minlength=conf.size).reshape(conf.shape)
+        conf += np.bincount(
+            (k + 1) * np.asarray(pred).reshape(-1) + gt.reshape(-1), minlength=conf.size
+        ).reshape(conf.shape)
     iou = np.full(k, np.nan)
     tp = conf.diagonal()[:-1].astype(float)
     pos_gt = conf[:-1, :-1].sum(axis=0).astype(float)
@@ -142,7 +144,10 @@ def test_empty_matrix_gives_nan():
 def test_errors():
     with pytest.raises(ValueError, match="same shape"):
         confusion_matrix(np.zeros((2, 2), int), np.zeros((2, 3), int), 2)
-    with pytest.raises(ValueError, match=r"label values must lie in \[0, 3\) or equal ignore_label=255, got \[3, 7\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"label values must lie in \[0, 3\) or equal ignore_label=255, got \[3, 7\]",
+    ):
         confusion_matrix(np.zeros(4, int), np.array([0, 3, 7, 255]), 3)
     with pytest.raises(ValueError, match=r"pred values must lie in \[0, 3\), got \[-1, 3\]"):
         confusion_matrix(np.array([0, -1, 3]), np.zeros(3, int), 3)
@@ -162,4 +167,6 @@ def test_mean_of_and_group_means():
         mean_of(results, ["a", "e"])
     assert mean_of(results, ["a", "e"], skip_missing=True) == pytest.approx(0.5)
     assert math.isnan(mean_of({}, []))
-    assert group_means(results, {"x": ["a", "b"], "y": ["c", "d"]}) == pytest.approx({"x": 0.375, "y": 0.5})
+    assert group_means(results, {"x": ["a", "b"], "y": ["c", "d"]}) == pytest.approx(
+        {"x": 0.375, "y": 0.5}
+    )

@@ -247,7 +247,12 @@ def test_errors():
 
 @pytest.mark.parametrize(
     "shape,expected",
-    [((300, 500), (614, 1024)), ((1024, 1024), (1024, 1024)), ((2000, 1500), (1024, 768)), ((5, 3), (1024, 614))],
+    [
+        ((300, 500), (614, 1024)),
+        ((1024, 1024), (1024, 1024)),
+        ((2000, 1500), (1024, 768)),
+        ((5, 3), (1024, 614)),
+    ],
 )
 def test_longest_side_shape(shape, expected):
     # by hand: scale = 1024 / max(h, w); new = int(old * scale + 0.5)

@@ -13,7 +13,11 @@ def _reference(mask_logits, classes, num_classes, background_class):
     channels is <= 0 the background channel (clipped to the extra channel K when it is larger
     than K) is set to 1; drop the extra channel; argmax with first-index ties.
     """
-    bg = num_classes if background_class is None or background_class > num_classes else background_class
+    bg = (
+        num_classes
+        if background_class is None or background_class > num_classes
+        else background_class
+    )
     h, w = mask_logits.shape[1:]
     r = np.zeros((num_classes + 1, h, w), dtype=np.float64)
     for c in np.unique(classes):
@@ -94,7 +98,9 @@ def test_errors():
     logits = np.zeros((2, 3, 3))
     with pytest.raises(ValueError, match=r"mask_logits must be \(N, H, W\)"):
         semantic_map(logits[0], [0], 2, 0)
-    with pytest.raises(ValueError, match=r"classes must be \(N,\) with N = mask_logits.shape\[0\] = 2"):
+    with pytest.raises(
+        ValueError, match=r"classes must be \(N,\) with N = mask_logits.shape\[0\] = 2"
+    ):
         semantic_map(logits, [0], 2, 0)
     with pytest.raises(ValueError, match=r"classes must lie in \[0, 2\), got \[5\]"):
         semantic_map(logits, [0, 5], 2, 0)

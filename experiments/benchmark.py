@@ -1,0 +1,236 @@
+"""Speed of mopeft-jax against the official PyTorch SAM, run side by side in one process.
+
+    python -m experiments.benchmark            # ViT-B, 1024x1024, appends to BENCHMARKS.md
+    python -m experiments.benchmark --quick    # a tiny model, nothing written (smoke test)
+
+Measures, with the same (random) weights in both frameworks:
+  * the image encoder on one image (batch 1, float32), runs of the two interleaved;
+    the JAX compile time is reported apart;
+  * the prompt encoder + mask decoder for 100 box prompts against one image embedding;
+  * the encoder's FLOPs (XLA cost analysis) and the achieved FLOP/s, against a float32
+    matmul peak measured on the same machine.
+Needs the `test` extra (torch and segment-anything) for the reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import functools
+import importlib.util
+import os
+import pathlib
+import platform
+import sys
+import time
+import types
+from typing import Callable, List
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mopeft_jax import Sam, SamConfig
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _import_official():
+    """segment_anything, registering an empty torchvision first if it is not installed."""
+    if importlib.util.find_spec("torchvision") is None:
+        for name in ("torchvision", "torchvision.ops", "torchvision.ops.boxes",
+                     "torchvision.transforms", "torchvision.transforms.functional"):
+            module = types.ModuleType(name)
+            module.__dict__.update(batched_nms=None, box_area=None, resize=None, to_pil_image=None)
+            sys.modules.setdefault(name, module)
+    sys.path.insert(0, str(REPO / "tests"))
+    import torch  # pylint: disable=g-import-not-at-top
+    import torch_reference  # pylint: disable=g-import-not-at-top
+
+    return torch, torch_reference
+
+
+@dataclasses.dataclass
+class Row:
+    what: str
+    jax_s: float
+    torch_s: float
+    note: str = ""
+
+    @property
+    def ratio(self) -> float:
+        return self.jax_s / self.torch_s
+
+
+def interleaved_timings(fns: List[Callable[[], object]], repeats: int) -> List[float]:
+    """Median wall time of each function, the functions run in turn `repeats` times."""
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            fn()
+            times[i].append(time.perf_counter() - start)
+    return [float(np.median(t)) for t in times]
+
+
+def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
+    """float32 FLOP/s of one large jitted matmul, the machine's practical peak."""
+    a = jnp.asarray(np.random.RandomState(0).randn(n, n).astype(np.float32))
+    matmul = jax.jit(lambda x, y: x @ y)
+    matmul(a, a).block_until_ready()
+    best = min(
+        _timed(lambda: matmul(a, a).block_until_ready()) for _ in range(repeats)
+    )
+    return 2 * n**3 / best
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def machine_description() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    device = jax.devices()[0]
+    return (f"{cpu}, {os.cpu_count()} cores, jax {jax.__version__} on {device.platform} "
+            f"({device.device_kind})")
+
+
+def benchmark(config: SamConfig, repeats: int, num_prompts: int):
+    torch, reference_lib = _import_official()
+    reference = reference_lib.build_official_sam(config)
+    from weights_convert import load_pytorch_checkpoint  # pylint: disable=g-import-not-at-top
+
+    config, params = load_pytorch_checkpoint(reference.state_dict(),
+                                             decoder_num_heads=config.decoder_num_heads)
+    variables = {"params": params}
+    model = Sam(config)
+    rng = np.random.RandomState(0)
+    image = rng.randn(1, config.image_size, config.image_size, 3).astype(np.float32)
+    image_nchw = torch.from_numpy(image).permute(0, 3, 1, 2).contiguous()
+
+    encode = jax.jit(functools.partial(model.apply, method=Sam.encode_image))
+    start = time.perf_counter()
+    compiled_encode = encode.lower(variables, image).compile()
+    compile_s = time.perf_counter() - start
+    cost = compiled_encode.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    encoder_flops = float(cost.get("flops", float("nan")))
+
+    def jax_encode():
+        return compiled_encode(variables, image).block_until_ready()
+
+    def torch_encode():
+        with torch.no_grad():
+            return reference.image_encoder(image_nchw)
+
+    jax_encode()
+    jax_enc_s, torch_enc_s = interleaved_timings([jax_encode, torch_encode], repeats)
+
+    embedding = jax_encode()
+    corners = np.sort(rng.rand(num_prompts, 2, 2) * config.image_size, axis=1)
+    boxes = corners.reshape(num_prompts, 4).astype(np.float32)
+    decode = jax.jit(functools.partial(model.apply, method=Sam.decode))
+    decode(variables, embedding, boxes=boxes)[0].block_until_ready()
+    torch_embedding = torch_encode()
+    torch_boxes = torch.from_numpy(boxes)
+
+    def jax_decode():
+        return decode(variables, embedding, boxes=boxes)[0].block_until_ready()
+
+    def torch_decode():
+        with torch.no_grad():
+            sparse, dense = reference.prompt_encoder(points=None, boxes=torch_boxes, masks=None)
+            return reference.mask_decoder(
+                image_embeddings=torch_embedding,
+                image_pe=reference.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=True,
+            )
+
+    jax_dec_s, torch_dec_s = interleaved_timings([jax_decode, torch_decode], repeats)
+    peak = matmul_peak_flops()
+    rows = [
+        Row("image encoder, 1 image", jax_enc_s, torch_enc_s,
+            f"JAX compile {compile_s:.1f} s (once)"),
+        Row(f"prompt encoder + mask decoder, {num_prompts} boxes", jax_dec_s, torch_dec_s),
+    ]
+    efficiency = dict(encoder_flops=encoder_flops, achieved=encoder_flops / jax_enc_s, peak=peak)
+    return rows, efficiency
+
+
+def format_report(title: str, machine: str, rows: List[Row], efficiency: dict) -> str:
+    lines = [
+        f"## {title}",
+        "",
+        f"{datetime.date.today().isoformat()}; {machine}; torch {_torch_version()}, "
+        f"{_torch_threads()} threads; float32, batch 1; median of interleaved runs.",
+        "",
+        "| what | mopeft-jax (s) | PyTorch (s) | JAX / PyTorch | note |",
+        "| --- | ---: | ---: | ---: | --- |",
+    ]
+    for row in rows:
+        lines.append(f"| {row.what} | {row.jax_s:.3f} | {row.torch_s:.3f} | {row.ratio:.2f}x | "
+                     f"{row.note} |")
+    lines += [
+        "",
+        f"Encoder cost (XLA cost analysis): {efficiency['encoder_flops'] / 1e9:.0f} GFLOP; "
+        f"achieved {efficiency['achieved'] / 1e9:.0f} GFLOP/s = "
+        f"{100 * efficiency['achieved'] / efficiency['peak']:.0f}% of the measured float32 "
+        f"matmul peak ({efficiency['peak'] / 1e9:.0f} GFLOP/s, 2048x2048 jitted).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _torch_version() -> str:
+    import torch  # pylint: disable=g-import-not-at-top
+
+    return torch.__version__
+
+
+def _torch_threads() -> int:
+    import torch  # pylint: disable=g-import-not-at-top
+
+    return torch.get_num_threads()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="a tiny model, printed only (a smoke test)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per timing")
+    parser.add_argument("--prompts", type=int, default=100, help="box prompts for the decoder")
+    parser.add_argument("--output", default=str(REPO / "BENCHMARKS.md"),
+                        help="markdown file the table is appended to ('' to skip)")
+    args = parser.parse_args(argv)
+
+    if args.quick:
+        config = SamConfig(encoder_embed_dim=64, encoder_depth=2, encoder_num_heads=2,
+                           encoder_global_attn_indexes=(1,), image_size=128, window_size=4)
+        title = "Smoke test (tiny model)"
+    else:
+        config = SamConfig.vit_b()
+        title = "SAM ViT-B, 1024x1024, CPU inference"
+    rows, efficiency = benchmark(config, args.repeats, args.prompts)
+    report = format_report(title, machine_description(), rows, efficiency)
+    print(report)
+    if args.output and not args.quick:
+        path = pathlib.Path(args.output)
+        existing = path.read_text() if path.exists() else "# Benchmarks\n\n"
+        path.write_text(existing.rstrip("\n") + "\n\n" + report)
+        print(f"Appended to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
