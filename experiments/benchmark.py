@@ -39,8 +39,13 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 def _import_official():
     """segment_anything, registering an empty torchvision first if it is not installed."""
     if importlib.util.find_spec("torchvision") is None:
-        for name in ("torchvision", "torchvision.ops", "torchvision.ops.boxes",
-                     "torchvision.transforms", "torchvision.transforms.functional"):
+        for name in (
+            "torchvision",
+            "torchvision.ops",
+            "torchvision.ops.boxes",
+            "torchvision.transforms",
+            "torchvision.transforms.functional",
+        ):
             module = types.ModuleType(name)
             module.__dict__.update(batched_nms=None, box_area=None, resize=None, to_pil_image=None)
             sys.modules.setdefault(name, module)
@@ -79,9 +84,7 @@ def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
     a = jnp.asarray(np.random.RandomState(0).randn(n, n).astype(np.float32))
     matmul = jax.jit(lambda x, y: x @ y)
     matmul(a, a).block_until_ready()
-    best = min(
-        _timed(lambda: matmul(a, a).block_until_ready()) for _ in range(repeats)
-    )
+    best = min(_timed(lambda: matmul(a, a).block_until_ready()) for _ in range(repeats))
     return 2 * n**3 / best
 
 
@@ -100,8 +103,10 @@ def machine_description() -> str:
     except OSError:
         pass
     device = jax.devices()[0]
-    return (f"{cpu}, {os.cpu_count()} cores, jax {jax.__version__} on {device.platform} "
-            f"({device.device_kind})")
+    return (
+        f"{cpu}, {os.cpu_count()} cores, jax {jax.__version__} on {device.platform} "
+        f"({device.device_kind})"
+    )
 
 
 def benchmark(config: SamConfig, repeats: int, num_prompts: int):
@@ -109,8 +114,9 @@ def benchmark(config: SamConfig, repeats: int, num_prompts: int):
     reference = reference_lib.build_official_sam(config)
     from weights_convert import load_pytorch_checkpoint  # pylint: disable=g-import-not-at-top
 
-    config, params = load_pytorch_checkpoint(reference.state_dict(),
-                                             decoder_num_heads=config.decoder_num_heads)
+    config, params = load_pytorch_checkpoint(
+        reference.state_dict(), decoder_num_heads=config.decoder_num_heads
+    )
     variables = {"params": params}
     model = Sam(config)
     rng = np.random.RandomState(0)
@@ -160,8 +166,12 @@ def benchmark(config: SamConfig, repeats: int, num_prompts: int):
     jax_dec_s, torch_dec_s = interleaved_timings([jax_decode, torch_decode], repeats)
     peak = matmul_peak_flops()
     rows = [
-        Row("image encoder, 1 image", jax_enc_s, torch_enc_s,
-            f"JAX compile {compile_s:.1f} s (once)"),
+        Row(
+            "image encoder, 1 image",
+            jax_enc_s,
+            torch_enc_s,
+            f"JAX compile {compile_s:.1f} s (once)",
+        ),
         Row(f"prompt encoder + mask decoder, {num_prompts} boxes", jax_dec_s, torch_dec_s),
     ]
     efficiency = dict(encoder_flops=encoder_flops, achieved=encoder_flops / jax_enc_s, peak=peak)
@@ -179,8 +189,9 @@ def format_report(title: str, machine: str, rows: List[Row], efficiency: dict) -
         "| --- | ---: | ---: | ---: | --- |",
     ]
     for row in rows:
-        lines.append(f"| {row.what} | {row.jax_s:.3f} | {row.torch_s:.3f} | {row.ratio:.2f}x | "
-                     f"{row.note} |")
+        lines.append(
+            f"| {row.what} | {row.jax_s:.3f} | {row.torch_s:.3f} | {row.ratio:.2f}x | {row.note} |"
+        )
     lines += [
         "",
         f"Encoder cost (XLA cost analysis): {efficiency['encoder_flops'] / 1e9:.0f} GFLOP; "
@@ -206,17 +217,27 @@ def _torch_threads() -> int:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="a tiny model, printed only (a smoke test)")
+    parser.add_argument(
+        "--quick", action="store_true", help="a tiny model, printed only (a smoke test)"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per timing")
     parser.add_argument("--prompts", type=int, default=100, help="box prompts for the decoder")
-    parser.add_argument("--output", default=str(REPO / "BENCHMARKS.md"),
-                        help="markdown file the table is appended to ('' to skip)")
+    parser.add_argument(
+        "--output",
+        default=str(REPO / "BENCHMARKS.md"),
+        help="markdown file the table is appended to ('' to skip)",
+    )
     args = parser.parse_args(argv)
 
     if args.quick:
-        config = SamConfig(encoder_embed_dim=64, encoder_depth=2, encoder_num_heads=2,
-                           encoder_global_attn_indexes=(1,), image_size=128, window_size=4)
+        config = SamConfig(
+            encoder_embed_dim=64,
+            encoder_depth=2,
+            encoder_num_heads=2,
+            encoder_global_attn_indexes=(1,),
+            image_size=128,
+            window_size=4,
+        )
         title = "Smoke test (tiny model)"
     else:
         config = SamConfig.vit_b()

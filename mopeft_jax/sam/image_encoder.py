@@ -12,6 +12,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mopeft_jax.peft.config import PeftConfig
+from mopeft_jax.peft.gates import Gate, Router, block_gate_names
+from mopeft_jax.peft.layers import Bottleneck, LoRA, PrefixEncoder
 from mopeft_jax.sam import attention as attention_lib
 from mopeft_jax.sam.config import SamConfig
 from mopeft_jax.sam.layers import MLPBlock, layer_norm, layer_norm_2d
@@ -120,35 +123,55 @@ class Attention(nn.Module):
 class Block(nn.Module):
     """Pre-LN ViT block; windowed attention unless `window_size` is 0.
 
-    Hosts the PEFT layers of `config.peft` (LoRA on qkv, prefix keys/values,
-    a sequential adapter after the MLP), each behind its gate.
+    Hosts the PEFT layers of `config.peft`: LoRA on the q and v slices of qkv, prefix
+    keys/values, and a sequential adapter on the output, each behind its gate when
+    the config says gated. Gate values are sown into the "gates" collection.
     """
 
     config: SamConfig
     window_size: int
-    index: int
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """(B, H, W, C) -> (B, H, W, C)."""
+    def __call__(self, x: jax.Array, prefix: Optional[jax.Array] = None) -> jax.Array:
+        """(B, H, W, C) -> (B, H, W, C); `prefix` (2, L, C) are this block's prefix keys/values."""
         cfg = self.config
+        peft = cfg.peft if cfg.peft is not None else PeftConfig()
         dtype = jnp.dtype(cfg.dtype)
-        c = x.shape[-1]
+        b, h, w, c = x.shape
         grid = (cfg.embedding_size, cfg.embedding_size)
         attn_input_size = grid if self.window_size == 0 else (self.window_size, self.window_size)
 
         shortcut = x
         x = layer_norm(1e-6, dtype, "norm1")(x)
-        qkv_delta, prefix = None, None
-        h, w = x.shape[1:3]
+        gate = _Gates(self, peft, x)
+
+        qkv_delta = None
+        if peft.lora:
+            deltas = [
+                LoRA(peft.lora_rank, c, dtype, name=f"lora_{target}")(x)
+                * _scale(gate(f"lora_{target}", x), peft.lora_alpha / peft.lora_rank)
+                for target in ("q", "v")
+            ]
+            qkv_delta = jnp.concatenate([deltas[0], jnp.zeros_like(deltas[0]), deltas[1]], -1)
+        if peft.prefix:
+            if prefix is None:
+                raise ValueError(
+                    "A block with prefix tuning needs its prefix keys/values (2, L, C)."
+                )
+            names = ("prefix_k", "prefix_v") if peft.separate_prefix_gates else ("prefix",) * 2
+            gates = [gate(name, x) for name in names]
+            prefix = tuple(
+                jnp.broadcast_to(p, (b, *p.shape)) * (1.0 if g is None else g[:, None, None])
+                for p, g in zip(prefix, gates)
+            )
+
         attn = Attention(cfg.encoder_num_heads, attn_input_size, cfg, name="attn")
         if self.window_size > 0:
             x, padded = window_partition(x, self.window_size)
             if qkv_delta is not None:
                 qkv_delta, _ = window_partition(qkv_delta, self.window_size)
-            if prefix is not None:
-                repeats = x.shape[0] // shortcut.shape[0]
-                prefix = tuple(jnp.repeat(p, repeats, axis=0) for p in prefix)
+            if prefix is not None:  # every window of an image attends to its prefixes
+                prefix = tuple(jnp.repeat(p, x.shape[0] // b, axis=0) for p in prefix)
             x = attn(x, prefix, qkv_delta)
             x = window_unpartition(x, self.window_size, padded, (h, w))
         else:
@@ -157,7 +180,41 @@ class Block(nn.Module):
         x = x + MLPBlock(int(c * cfg.mlp_ratio), dtype=dtype, name="mlp")(
             layer_norm(1e-6, dtype, "norm2")(x)
         )
+        if peft.adapter:
+            width = max(c // peft.adapter_reduction, 1)
+            zero_init = peft.adapter_init == "zero"
+            update = Bottleneck(width, "relu", zero_init, dtype, name="adapter")(x)
+            x = x + update * _scale(gate("adapter", x), 1.0)
         return x
+
+
+def _scale(gate_value: Optional[jax.Array], ungated: float):
+    """A gate (B,) as a (B, 1, 1, 1) multiplier, or the constant of an ungated update."""
+    return ungated if gate_value is None else gate_value[:, None, None, None]
+
+
+class _Gates:
+    """Gate values of one block, created on first use inside its `nn.compact` call.
+
+    Sigmoid gates each read the input of their own submodule; the softmax router
+    reads the normalised block input once and weighs all gated submodules.
+    """
+
+    def __init__(self, module: nn.Module, peft: PeftConfig, block_input: jax.Array):
+        self.module, self.peft = module, peft
+        self.values = {}
+        names = block_gate_names(peft)
+        if names and peft.gate_type == "softmax":
+            weights = Router(names, name="router", parent=module)(block_input)
+            self.values = {name: weights[:, i] for i, name in enumerate(names)}
+
+    def __call__(self, name: str, inputs: jax.Array) -> Optional[jax.Array]:
+        """The gate (B,) of submodule `name`, or None if ungated."""
+        if not self.peft.gated:
+            return None
+        if name not in self.values:
+            self.values[name] = Gate(name=f"gate_{name}", parent=self.module)(inputs)
+        return self.values[name]
 
 
 class ImageEncoderViT(nn.Module):
@@ -184,10 +241,27 @@ class ImageEncoderViT(nn.Module):
         )
         x = x + pos_embed.astype(dtype)
 
+        peft = cfg.peft if cfg.peft is not None else PeftConfig()
+        if peft.input_expert:
+            expert = Bottleneck(peft.input_expert_rank, "gelu", True, dtype, name="input_expert")
+            gate = Gate(name="gate_input_expert")(x) if peft.gated else None
+            x = x + expert(x) * _scale(gate, 1.0)
+        prefixes = None
+        if peft.prefix:
+            prefixes = PrefixEncoder(
+                cfg.encoder_depth,
+                peft.prefix_length,
+                cfg.encoder_embed_dim,
+                peft.prefix_reparam,
+                peft.prefix_hidden,
+                name="prefix",
+            )().astype(dtype)  # (depth, 2, L, C)
+
         block_cls = nn.remat(Block) if cfg.remat else Block
         for i in range(cfg.encoder_depth):
             window = 0 if i in cfg.encoder_global_attn_indexes else cfg.window_size
-            x = block_cls(cfg, window, i, name=f"blocks_{i}")(x)
+            block_prefix = None if prefixes is None else prefixes[i]
+            x = block_cls(cfg, window, name=f"blocks_{i}")(x, block_prefix)
 
         out = cfg.prompt_embed_dim
         x = nn.Conv(out, (1, 1), use_bias=False, dtype=dtype, name="neck_0")(x)

@@ -1,0 +1,1 @@
+"""Training: losses, the partitioned optimizer, the sharded train step and checkpoints."""
