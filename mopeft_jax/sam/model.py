@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Optional, Tuple
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -91,8 +92,17 @@ class Sam(nn.Module):
             multimask_output,
         )
 
-    def init_params(self, rng: jax.Array) -> dict:
-        """Randomly initialised params of every submodule (wrap in `jax.eval_shape` for shapes only)."""
+    def init_params(self, rng: jax.Array, pretrained: Optional[dict] = None) -> dict:
+        """Params of every submodule, random or taken from `pretrained` where it has them.
+
+        `pretrained` is a plain SAM param tree (e.g. from `load_pretrained`): it loads
+        unchanged into a model with PEFT layers, which keep their own init. Wrap in
+        `jax.eval_shape` for shapes only.
+        """
+        fresh = self._random_params(rng)
+        return fresh if pretrained is None else overlay_params(fresh, pretrained)
+
+    def _random_params(self, rng: jax.Array) -> dict:
         cfg = self.config
         size, low_res = cfg.image_size, cfg.low_res_mask_size
         images = jnp.zeros((1, size, size, 3), jnp.float32)
@@ -145,3 +155,22 @@ def _prompt_batch_size(image_embeddings, point_coords, point_labels, boxes, mask
             f"have B={batch}; pass one embedding per prompt set or a single shared one."
         )
     return batch
+
+
+def overlay_params(fresh: dict, pretrained: dict) -> dict:
+    """`fresh` with every leaf that `pretrained` has replaced by it (shapes must agree)."""
+    flat = flax.traverse_util.flatten_dict(fresh)
+    problems = []
+    for path, value in flax.traverse_util.flatten_dict(pretrained).items():
+        name = "/".join(path)
+        if path not in flat:
+            problems.append(f"{name} is not a parameter of this model")
+        elif tuple(flat[path].shape) != tuple(value.shape):
+            problems.append(
+                f"{name} has shape {tuple(value.shape)}, the model {tuple(flat[path].shape)}"
+            )
+        else:
+            flat[path] = jnp.asarray(value, flat[path].dtype)
+    if problems:
+        raise ValueError("The pretrained params do not fit this model: " + "; ".join(problems[:20]))
+    return flax.traverse_util.unflatten_dict(flat)
