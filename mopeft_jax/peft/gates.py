@@ -19,6 +19,11 @@ import jax.numpy as jnp
 gate_init = nn.initializers.normal(0.02)
 
 
+def _at_least_float32(x: jax.Array) -> jax.Array:
+    """Gates are computed in float32 (or wider) whatever the compute dtype."""
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 def _mean_over_tokens(x: jax.Array) -> jax.Array:
     """(B, ..., S) -> (B, S): the mean over every axis between batch and the last."""
     return x.reshape(x.shape[0], -1, x.shape[-1]).mean(axis=1)
@@ -29,7 +34,7 @@ class Gate(nn.Module):
 
     @nn.compact
     def __call__(self, u: jax.Array) -> jax.Array:
-        logits = nn.Dense(1, kernel_init=gate_init, name="dense")(u.astype(jnp.float32))
+        logits = nn.Dense(1, kernel_init=gate_init, name="dense")(_at_least_float32(u))
         value = _mean_over_tokens(jax.nn.sigmoid(logits))[:, 0]
         self.sow("gates", "value", value)
         return value
@@ -46,7 +51,7 @@ class Router(nn.Module):
     @nn.compact
     def __call__(self, u: jax.Array) -> jax.Array:
         logits = nn.Dense(len(self.names), kernel_init=gate_init, name="dense")(
-            u.astype(jnp.float32)
+            _at_least_float32(u)
         )
         weights = _mean_over_tokens(jax.nn.softmax(logits, axis=-1))
         for i, name in enumerate(self.names):

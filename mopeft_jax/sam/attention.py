@@ -29,7 +29,8 @@ def _softmax_attend(logits, values):
 
     logits: (..., Tq, Tk); values: (..., Tk, H) -> (..., Tq, H).
     """
-    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(values.dtype)
+    probs = jax.nn.softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), axis=-1)
+    probs = probs.astype(values.dtype)
     return probs @ values
 
 

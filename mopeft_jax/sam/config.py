@@ -39,7 +39,8 @@ class SamConfig:
       iou_head_depth: layers of the IoU-prediction MLP.
       iou_head_hidden_dim: hidden width of the IoU-prediction MLP.
       pixel_mean, pixel_std: RGB normalisation of `transforms.preprocess`.
-      dtype: compute dtype ("float32"; "bfloat16" on accelerators); parameters stay float32.
+      dtype: compute dtype ("float32"; "bfloat16" on accelerators; "float64" for gradient
+        checks, with jax_enable_x64); parameters stay float32.
       attention: "auto" (query-chunked on CPU for long sequences, else XLA's
         `jax.nn.dot_product_attention`), "xla", "cudnn" (fused GPU kernel) or "chunked".
       attention_query_chunk: queries per step of the chunked attention.
@@ -105,8 +106,8 @@ class SamConfig:
             problems.append(
                 f"attention {self.attention!r} is not one of {ATTENTION_IMPLEMENTATIONS}"
             )
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            problems.append(f"dtype {self.dtype!r} is not float32, bfloat16 or float16")
+        if self.dtype not in ("float32", "bfloat16", "float16", "float64"):
+            problems.append(f"dtype {self.dtype!r} is not float32, bfloat16, float16 or float64")
         if problems:
             raise ValueError("Invalid SamConfig: " + "; ".join(problems) + ".")
 

@@ -47,6 +47,7 @@ def relative_positions(q_size: int, k_size: int, table: jax.Array) -> jax.Array:
     table: (L, H), linearly resized to 2*max(q_size, k_size)-1 rows if L differs.
     Returns (q_size, k_size, H).
     """
+    table = jnp.asarray(table)
     length = 2 * max(q_size, k_size) - 1
     if table.shape[0] != length:
         table = jax.image.resize(table, (length, table.shape[1]), "linear", antialias=False)

@@ -7,11 +7,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from sam_configs import SMALL_CONFIGS
 
 from mopeft_jax import Sam
 from mopeft_jax.peft import PeftConfig, preset
 from mopeft_jax.peft.gates import gate_values
-from sam_configs import SMALL_CONFIGS
 
 BASE = SMALL_CONFIGS["windowed_padded"]  # windows with padding and a global block
 

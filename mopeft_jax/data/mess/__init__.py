@@ -1,0 +1,106 @@
+"""tensorflow-datasets builders for the MESS datasets with training data (MESS-20).
+
+Each dataset is a :class:`~mopeft_jax.data.mess.base.MessSpec` in its own module; importing this
+package registers one tfds builder per spec (``mess_<name>``). Prepare a dataset from the files
+you downloaded into a folder (the *manual directory*), then read it with numpy only::
+
+    from mopeft_jax.data import mess
+
+    mess.build("bdd100k", manual_dir="~/downloads/bdd100k", data_dir="~/tensorflow_datasets")
+    source = mess.data_source("bdd100k", "train", data_dir="~/tensorflow_datasets")
+    example = source[0]  # {"image": uint8 (H, W, 3), "label": uint8 (H, W), "file_name": bytes}
+    spec = mess.get_spec("bdd100k")  # classes, background_class, eval_split, domain, ...
+
+The same files can be built with plain tfds (``tfds.builder("mess_bdd100k")`` after importing
+this package, ``download_and_prepare(file_format="array_record", download_config=
+tfds.download.DownloadConfig(manual_dir=...))``). A missing or incomplete manual directory raises
+one :class:`ManualDataError` that lists the expected files and where to get them.
+
+:data:`MESS20` lists the datasets by their MESS names; PAXRay-4 is four binary builders.
+"""
+
+import types
+
+# Importing the dataset modules registers their builders.
+from mopeft_jax.data.mess import (  # noqa: F401
+    atlantis,
+    bdd100k,
+    chase_db1,
+    corrosion_cs,
+    cryonuseg,
+    cub_200,
+    cwfid,
+    dark_zurich,
+    deepcrack,
+    floodnet,
+    foodseg103,
+    isaid,
+    isprs_potsdam,
+    kvasir_instrument,
+    mhp_v1,
+    paxray,
+    pst900,
+    suim,
+    uavid,
+    zerowaste,
+)
+from mopeft_jax.data.mess.base import (
+    DEV_SPLIT,
+    DOMAINS,
+    IGNORE_LABEL,
+    ManualDataError,
+    MessSpec,
+    SizeMismatchError,
+    build,
+    builder_class,
+    check_manual_dir,
+    data_source,
+    get_spec,
+)
+from mopeft_jax.data.mess.base import REGISTRY as _REGISTRY
+
+REGISTRY = types.MappingProxyType(_REGISTRY)
+"""Read-only ``name -> MessSpec`` of every builder here (23: PAXRay-4 counts four)."""
+
+MESS20 = types.MappingProxyType(
+    {
+        "BDD100K": ("bdd100k",),
+        "Dark Zurich": ("dark_zurich",),
+        "MHP v1": ("mhp_v1",),
+        "FoodSeg103": ("foodseg103",),
+        "ATLANTIS": ("atlantis",),
+        "iSAID": ("isaid",),
+        "ISPRS Potsdam": ("isprs_potsdam",),
+        "FloodNet": ("floodnet",),
+        "UAVid": ("uavid",),
+        "Kvasir-Instrument": ("kvasir_instrument",),
+        "CHASE DB1": ("chase_db1",),
+        "CryoNuSeg": ("cryonuseg",),
+        "PAXRay-4": ("paxray_lungs", "paxray_mediastinum", "paxray_bones", "paxray_diaphragm"),
+        "Corrosion CS": ("corrosion_cs",),
+        "DeepCrack": ("deepcrack",),
+        "PST900": ("pst900",),
+        "ZeroWaste-f": ("zerowaste",),
+        "SUIM": ("suim",),
+        "CUB-200": ("cub_200",),
+        "CWFID": ("cwfid",),
+    }
+)
+"""MESS display name -> registry names, in MESS's order (the 22 MESS datasets less DRAM and
+WorldFloods)."""
+
+__all__ = [
+    "DEV_SPLIT",
+    "DOMAINS",
+    "IGNORE_LABEL",
+    "MESS20",
+    "ManualDataError",
+    "MessSpec",
+    "REGISTRY",
+    "SizeMismatchError",
+    "build",
+    "builder_class",
+    "check_manual_dir",
+    "data_source",
+    "get_spec",
+]

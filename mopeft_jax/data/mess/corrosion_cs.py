@@ -1,0 +1,59 @@
+"""Corrosion CS (MESS: Engineering): steel structures, three corrosion condition states.
+
+The figshare archive holds ``original/{Train,Test}/images/*.jpeg`` and ``masks/*.png`` with class
+indices already (0 others, 1 fair, 2 poor, 3 severe corrosion).
+"""
+
+from mopeft_jax.data.mess import base
+
+CLASSES = (
+    "others",
+    "steel with fair corrosion",
+    "steel with poor corrosion",
+    "steel with severe corrosion",
+)
+
+
+def _splits(src):
+    return {
+        split.lower(): base.stem_pairs(
+            src["data"],
+            f"original/{split}/images",
+            src["data"],
+            f"original/{split}/masks",
+            base.first_channel,
+        )
+        for split in ("Train", "Test")
+    }
+
+
+SPEC = base.register(
+    base.MessSpec(
+        name="corrosion_cs",
+        title="Corrosion CS",
+        domain="Engineering",
+        homepage="https://figshare.com/articles/dataset/Corrosion_Condition_State_Semantic_"
+        "Segmentation_Dataset/16624663",
+        description="Bridge inspection images with corrosion condition states of steel.",
+        classes=CLASSES,
+        background_class=0,
+        eval_split="test",
+        mess_name="corrosion_cs_sem_seg_test",
+        resources=(
+            base.Resource(
+                key="data",
+                names=(
+                    "31729733",
+                    "31729733.zip",
+                    "Corrosion Condition State Classification",
+                    "Corrosion Condition State Classification.zip",
+                    "*orrosion*.zip",
+                ),
+                markers=("original/Train/images", "original/Train/masks", "original/Test/masks"),
+                description="The figshare file https://figshare.com/ndownloader/files/31729733 "
+                "(saved as 31729733, or renamed *.zip).",
+            ),
+        ),
+        splits=_splits,
+    )
+)

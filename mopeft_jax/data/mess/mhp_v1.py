@@ -1,0 +1,91 @@
+"""LV-MHP v1 (MESS: General): multi-human parsing, 18 body-part/clothing classes + "others".
+
+Every person of an image has its own annotation PNG (``annotations/<id>_<n>_<k>.png``); as in
+MESS, an image's label is their pixel-wise maximum. Splits as MESS defines them: ``test`` is
+``test_list.txt``, ``train`` the first 3000 names of ``train_list.txt``, ``val`` the rest.
+"""
+
+import functools
+
+import numpy as np
+
+from mopeft_jax.data.mess import base
+
+CLASSES = (
+    "others",
+    "hat",
+    "hair",
+    "sunglasses",
+    "upper clothes",
+    "skirt",
+    "pants",
+    "dress",
+    "belt",
+    "left shoe",
+    "right shoe",
+    "face",
+    "left leg",
+    "right leg",
+    "left arm",
+    "right arm",
+    "bag",
+    "scarf",
+    "torso skin",
+)
+
+_NUM_TRAIN = 3000  # MESS keeps 3000 of train_list.txt for training, the rest for validation
+
+
+def _read(src, image_path, mask_paths):
+    masks = [base.first_channel(src.image(p)) for p in mask_paths]
+    return src.read(image_path), np.max(np.stack(masks), axis=0)
+
+
+def _splits(sources):
+    src = sources["data"]
+
+    def names(list_file):
+        return [line.strip() for line in src.text(list_file).splitlines() if line.strip()]
+
+    test = set(names("test_list.txt"))
+    train = set(names("train_list.txt")[:_NUM_TRAIN])
+    masks: dict[str, list[str]] = {}
+    for path in src.list("annotations", ".png"):
+        # "<image id>_<persons>_<person>.png": match on the id before the first underscore,
+        # so that image 1 does not collect the masks of image 10.
+        masks.setdefault(path.split("/")[-1].split("_")[0], []).append(path)
+    splits = {"train": [], "val": [], "test": []}
+    for image_path in src.list("images", ".jpg"):
+        name = image_path.split("/")[-1]
+        stem = name[: -len(".jpg")]
+        if stem not in masks:
+            continue
+        split = "test" if name in test else "train" if name in train else "val"
+        read = functools.partial(_read, src, image_path, masks[stem])
+        splits[split].append(base.Pair(key=name, file_name=name, read=read))
+    return splits
+
+
+SPEC = base.register(
+    base.MessSpec(
+        name="mhp_v1",
+        title="MHP v1",
+        domain="General",
+        homepage="https://github.com/ZhaoJ9014/Multi-Human-Parsing",
+        description="Multi-human parsing (LV-MHP v1): body parts and clothing, 19 classes.",
+        classes=CLASSES,
+        background_class=0,
+        eval_split="test",
+        mess_name="mhp_v1_sem_seg_test",
+        resources=(
+            base.Resource(
+                key="data",
+                names=("LV-MHP-v1.zip", "LV-MHP-v1"),
+                markers=("train_list.txt", "test_list.txt", "images", "annotations"),
+                description="LV-MHP-v1.zip, linked from https://github.com/ZhaoJ9014/"
+                "Multi-Human-Parsing (Google Drive id 1hTS8QJBuGdcppFAr_bvW2tsD9hW_ptr5).",
+            ),
+        ),
+        splits=_splits,
+    )
+)

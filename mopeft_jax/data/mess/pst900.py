@@ -1,0 +1,44 @@
+"""PST900 (MESS: Engineering): subterranean RGB-thermal images, 4 objects + background.
+
+MESS feeds the thermal images (8-bit grey, replicated to three channels here) and evaluates
+``test``; labels are class indices already.
+"""
+
+from mopeft_jax.data.mess import base
+
+CLASSES = ("background", "fire extinguisher", "backpack", "drill", "human")
+
+
+def _splits(src):
+    return {
+        split: base.stem_pairs(
+            src["data"], f"{split}/thermal", src["data"], f"{split}/labels", base.first_channel
+        )
+        for split in ("train", "test")
+    }
+
+
+SPEC = base.register(
+    base.MessSpec(
+        name="pst900",
+        title="PST900",
+        domain="Engineering",
+        homepage="https://github.com/ShreyasSkandanS/pst900_thermal_rgb",
+        description="Thermal images from subterranean environments (DARPA SubT artefacts).",
+        classes=CLASSES,
+        background_class=0,
+        eval_split="test",
+        mess_name="pst900_sem_seg_test",
+        resources=(
+            base.Resource(
+                key="data",
+                names=("PST900_RGBT_Dataset.zip", "PST900_RGBT_Dataset"),
+                markers=("train/thermal", "train/labels", "test/thermal", "test/labels"),
+                description="PST900_RGBT_Dataset.zip, Google Drive id "
+                "1hZeM-MvdUC_Btyok7mdF00RV-InbAadm (linked from the dataset page).",
+            ),
+        ),
+        splits=_splits,
+        notes="Images are the thermal channel as RGB (grey replicated), as MESS evaluates.",
+    )
+)
