@@ -8,7 +8,9 @@ Measures, with the same (random) weights in both frameworks:
     the JAX compile time is reported apart;
   * the prompt encoder + mask decoder for 100 box prompts against one image embedding;
   * the encoder's FLOPs (XLA cost analysis) and the achieved FLOP/s, against a float32
-    matmul peak measured on the same machine.
+    matmul peak measured on the same machine;
+  * one train step of MoPEFT and of full fine-tuning, each against the forward of the
+    same loss, with peak memory, trainable parameters and optimizer-state bytes.
 Needs the `test` extra (torch and segment-anything) for the reference.
 """
 
@@ -79,7 +81,7 @@ def interleaved_timings(fns: List[Callable[[], object]], repeats: int) -> List[f
     return [float(np.median(t)) for t in times]
 
 
-def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
+def matmul_peak_flops(n: int = 4096, repeats: int = 3) -> float:
     """float32 FLOP/s of one large jitted matmul, the machine's practical peak."""
     a = jnp.asarray(np.random.RandomState(0).randn(n, n).astype(np.float32))
     matmul = jax.jit(lambda x, y: x @ y)
@@ -175,7 +177,115 @@ def benchmark(config: SamConfig, repeats: int, num_prompts: int):
         Row(f"prompt encoder + mask decoder, {num_prompts} boxes", jax_dec_s, torch_dec_s),
     ]
     efficiency = dict(encoder_flops=encoder_flops, achieved=encoder_flops / jax_enc_s, peak=peak)
-    return rows, efficiency
+    return rows, efficiency, (config, params)
+
+
+@dataclasses.dataclass
+class TrainRow:
+    method: str
+    step_s: float
+    forward_s: float
+    trainable: int
+    optimizer_bytes: int
+    peak_bytes: int
+    compile_s: float
+
+
+def train_benchmark(config: SamConfig, sam_params, repeats: int, num_prompts: int = 4):
+    """One train step of MoPEFT and of full fine-tuning against the forward of the same loss."""
+    from mopeft_jax.peft import preset  # pylint: disable=g-import-not-at-top
+    from mopeft_jax.train import partition  # pylint: disable=g-import-not-at-top
+    from mopeft_jax.train.step import (  # pylint: disable=g-import-not-at-top
+        LossConfig,
+        TrainState,
+        loss_and_metrics,
+        make_train_step,
+    )
+
+    batch = _train_batch(config, num_prompts)
+    rows = []
+    for method in ("mopeft", "full_finetune"):
+        peft = preset(method)
+        model = Sam(config.replace(peft=peft))
+        params = model.init_params(jax.random.key(0), pretrained=sam_params)
+        labels = partition.label_params(params, peft)
+        trainable, frozen = partition.split(params, labels)
+        optimizer = partition.make_optimizer(
+            partition.OptimizerConfig(), partition.split(labels, labels)[0]
+        )
+        state = TrainState.create(trainable, optimizer)
+        start = time.perf_counter()
+        step = jax.jit(make_train_step(model, optimizer)).lower(state, frozen, batch).compile()
+        compile_s = time.perf_counter() - start
+        forward = (
+            jax.jit(lambda t, f, b, m=model: loss_and_metrics(t, f, b, m, LossConfig())[0])
+            .lower(trainable, frozen, batch)
+            .compile()
+        )
+        memory = step.memory_analysis()
+        peak = (
+            memory.temp_size_in_bytes + memory.argument_size_in_bytes + memory.output_size_in_bytes
+        )
+        step_s, forward_s = interleaved_timings(
+            [
+                lambda: jax.block_until_ready(step(state, frozen, batch)),
+                lambda: jax.block_until_ready(forward(trainable, frozen, batch)),
+            ],
+            repeats,
+        )
+        rows.append(
+            TrainRow(
+                method,
+                step_s,
+                forward_s,
+                sum(x.size for x in jax.tree_util.tree_leaves(trainable)),
+                sum(x.nbytes for x in jax.tree_util.tree_leaves(state.opt_state)),
+                peak,
+                compile_s,
+            )
+        )
+    return rows
+
+
+def _train_batch(config: SamConfig, num_prompts: int):
+    """One image with `num_prompts` rectangular masks and their boxes."""
+    rng = np.random.RandomState(1)
+    low = config.low_res_mask_size
+    scale = config.image_size / low
+    masks = np.zeros((1, num_prompts, low, low), np.float32)
+    boxes = np.zeros((1, num_prompts, 4), np.float32)
+    for p in range(num_prompts):
+        y0, x0 = rng.randint(0, low // 2, 2)
+        h, w = rng.randint(low // 8, low // 2, 2)
+        masks[0, p, y0 : y0 + h, x0 : x0 + w] = 1
+        boxes[0, p] = np.array([x0, y0, x0 + w, y0 + h]) * scale
+    image = rng.randn(1, config.image_size, config.image_size, 3).astype(np.float32)
+    return dict(
+        image=image,
+        boxes=boxes,
+        points=boxes[..., :2],
+        masks=masks,
+        valid=np.ones((1, num_prompts), bool),
+    )
+
+
+def format_train_report(rows: List[TrainRow], num_prompts: int) -> str:
+    lines = [
+        f"Training, 1 image with {num_prompts} box prompts; the forward is the same loss "
+        "without gradients, timed in the same run. Peak memory from XLA's memory analysis "
+        "of the compiled step (arguments + outputs + temporaries).",
+        "",
+        "| method | step (s) | forward (s) | step / forward | trainable params | "
+        "optimizer state (MB) | peak memory (GB) | compile (s) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.method} | {r.step_s:.2f} | {r.forward_s:.2f} | {r.step_s / r.forward_s:.2f}x | "
+            f"{r.trainable:,} | {r.optimizer_bytes / 2**20:.1f} | {r.peak_bytes / 2**30:.2f} | "
+            f"{r.compile_s:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def format_report(title: str, machine: str, rows: List[Row], efficiency: dict) -> str:
@@ -197,7 +307,7 @@ def format_report(title: str, machine: str, rows: List[Row], efficiency: dict) -
         f"Encoder cost (XLA cost analysis): {efficiency['encoder_flops'] / 1e9:.0f} GFLOP; "
         f"achieved {efficiency['achieved'] / 1e9:.0f} GFLOP/s = "
         f"{100 * efficiency['achieved'] / efficiency['peak']:.0f}% of the measured float32 "
-        f"matmul peak ({efficiency['peak'] / 1e9:.0f} GFLOP/s, 2048x2048 jitted).",
+        f"matmul peak ({efficiency['peak'] / 1e9:.0f} GFLOP/s, 4096x4096 jitted).",
         "",
     ]
     return "\n".join(lines)
@@ -222,6 +332,7 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per timing")
     parser.add_argument("--prompts", type=int, default=100, help="box prompts for the decoder")
+    parser.add_argument("--no-train", action="store_true", help="skip the train-step timings")
     parser.add_argument(
         "--output",
         default=str(REPO / "BENCHMARKS.md"),
@@ -242,8 +353,10 @@ def main(argv=None) -> int:
     else:
         config = SamConfig.vit_b()
         title = "SAM ViT-B, 1024x1024, CPU inference"
-    rows, efficiency = benchmark(config, args.repeats, args.prompts)
+    rows, efficiency, (config, params) = benchmark(config, args.repeats, args.prompts)
     report = format_report(title, machine_description(), rows, efficiency)
+    if not args.no_train:
+        report += "\n" + format_train_report(train_benchmark(config, params, args.repeats), 4)
     print(report)
     if args.output and not args.quick:
         path = pathlib.Path(args.output)

@@ -1,0 +1,48 @@
+"""The offline demo: a tiny SAM pretrained on the synthetic source domain, then adapted to
+the four shifted domains with every method (see experiments/demo.py)."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from experiments.configs.common import base_config
+from mopeft_jax.data import TARGET_DOMAINS
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = base_config()
+    config.model = "tiny"
+    config.data.source = "synthetic"
+    config.data.num_examples = 512
+    config.data.image_size = 128
+    config.pipeline.batch_size = 4
+    config.pipeline.max_prompts = 8
+    config.optimizer.learning_rates = ml_collections.ConfigDict(
+        dict(gate=2e-3, peft=2e-3, decoder=3e-4, sam=3e-4)
+    )
+    config.optimizer.warmup_steps = 10
+    config.train.steps = 120
+    config.train.log_every = 5
+    config.train.checkpoint_every = 60
+    config.eval.split = "val"
+    config.eval.max_images = 24
+
+    # Pretraining the tiny SAM on the source domain: every weight trains, from scratch.
+    config.pretrain = ml_collections.ConfigDict()
+    config.pretrain.steps = 900
+    config.pretrain.learning_rate = 2e-3
+    config.pretrain.batch_size = 8
+    config.pretrain.num_examples = 2048
+
+    config.compare = ml_collections.ConfigDict()
+    config.compare.datasets = list(TARGET_DOMAINS)
+    config.compare.methods = [
+        "zero_shot",
+        "lora",
+        "prefix",
+        "adapter",
+        "full_finetune",
+        "mopeft",
+        "mopeft_plus",
+    ]
+    return config

@@ -1,0 +1,427 @@
+"""SAM evaluated as the MESS benchmark evaluates it (SPEC section 6), over any random-access source.
+
+Per image (``source[i]`` a dict with ``"image"`` (H, W, 3) uint8 and ``"label"`` (H, W) int):
+
+1. the image is preprocessed exactly as ``segment_anything`` does it: resized so that its longest
+   side is ``model.config.image_size`` with PIL's (antialiased) bilinear filter, as
+   ``ResizeLongestSide.apply_image`` does through torchvision, then normalised and zero-padded
+   (:func:`mopeft_jax.sam.transforms.normalize_and_pad`);
+2. the label is resized (nearest) to the same longest side and the oracle prompts are computed on
+   it (:func:`mopeft_jax.evaluation.oracle_prompts`): one per 4-connected segment of at least 10
+   pixels, background included, at most 100, largest first;
+3. the image is encoded once; all its prompts are decoded against the one embedding, padded up to
+   a fixed bucket so that the jitted decoder compiles once (and cut into chunks of the bucket size
+   if there are more prompts than that);
+4. of the three multimask outputs the first is kept (mask token 1, as SAM-MESS does), its logits
+   are upscaled to the original label size unbinarised
+   (:func:`mopeft_jax.sam.transforms.postprocess_masks`) and turned into a class map
+   (:func:`mopeft_jax.evaluation.semantic_map`);
+5. the image's :func:`~mopeft_jax.evaluation.confusion_matrix` is added to the dataset's; the
+   mIoU comes from the dataset-level matrix (:func:`~mopeft_jax.evaluation.mean_iou`).
+
+:func:`results_table` formats several datasets' results as a markdown table with per-domain and
+benchmark means (PAXRay-4 is the mean of its four binary datasets and counts as one dataset).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from mopeft_jax.evaluation import (
+    PROMPT_KINDS,
+    confusion_matrix,
+    group_means,
+    mean_iou,
+    mean_of,
+    oracle_prompts,
+    resize_label_longest_side,
+    semantic_map,
+)
+from mopeft_jax.sam.model import Sam
+from mopeft_jax.sam.transforms import normalize_and_pad, postprocess_masks, preprocess_shape
+
+__all__ = [
+    "EvalResult",
+    "PAXRAY_PREFIX",
+    "PAXRAY_NAME",
+    "compiled_functions",
+    "evaluate_source",
+    "preprocess_image",
+    "results_table",
+]
+
+PAXRAY_PREFIX = "paxray_"
+"""Datasets whose names start with this are the binary PAXRay datasets, reported as one."""
+
+PAXRAY_NAME = "PAXRay-4"
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalResult:
+    """The MESS evaluation of one dataset.
+
+    Attributes:
+      confusion: ``(K, K)`` int64 confusion matrix summed over the images, rows ground truth,
+        columns prediction, ignore pixels left out.
+      miou: mean IoU as a fraction in ``[0, 1]`` (over the classes present in the ground truth).
+      iou_per_class: ``(K,)`` float64, NaN for classes absent from the ground truth.
+      num_images: images evaluated.
+      seconds: wall-clock time of the evaluation (compilation included).
+    """
+
+    confusion: np.ndarray
+    miou: float
+    iou_per_class: np.ndarray
+    num_images: int
+    seconds: float
+
+    def to_json(self) -> Dict[str, Any]:
+        """A JSON-serialisable dict (NaN as None; mIoU as a fraction and in percent)."""
+        return {
+            "miou": _json_float(self.miou),
+            "miou_percent": _json_float(100.0 * self.miou),
+            "iou_per_class": [_json_float(v) for v in self.iou_per_class],
+            "num_images": int(self.num_images),
+            "seconds": float(self.seconds),
+            "confusion": np.asarray(self.confusion).tolist(),
+        }
+
+
+def _json_float(value) -> Optional[float]:
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+# ---------------------------------------------------------------------------------------------
+# Jitted model functions, compiled once per model and shapes
+# ---------------------------------------------------------------------------------------------
+
+
+class CompiledFunctions(NamedTuple):
+    """The jitted pieces of one model; each compiles once per input shape.
+
+    Attributes:
+      encode: ``(params, image (S, S, 3) float32) -> (1, h, w, D)`` image embedding.
+      decode: ``{"box": f, "point": f}``, ``f(params, embedding (1, h, w, D), prompts) ->
+        (P, L, L)`` low-res logits of the first multimask output per prompt, where ``prompts``
+        is ``(P, 4)`` boxes ``x0, y0, x1, y1`` or ``(P, 2)`` positive points ``x, y``, float32
+        pixels of the resized (unpadded) input frame.
+    """
+
+    encode: Callable
+    decode: Dict[str, Callable]
+
+
+# Keyed by the model (a frozen dataclass, equal for equal configs): the jitted closures take the
+# params as an argument, so one compilation serves every checkpoint of the same architecture.
+_COMPILED: Dict[Any, CompiledFunctions] = {}
+
+
+def compiled_functions(model: Sam) -> CompiledFunctions:
+    """The (cached) jitted encoder and decoders of ``model``."""
+    cached = _COMPILED.get(model)
+    if cached is not None:
+        return cached
+
+    def encode(params, image):
+        return model.apply({"params": params}, image[None], method=Sam.encode_image)
+
+    def decode_boxes(params, embedding, boxes):
+        masks, _ = model.apply(
+            {"params": params}, embedding, boxes=boxes, multimask_output=True, method=Sam.decode
+        )
+        # Multimask output 0 is mask token 1: SAM-MESS keeps it, not the single-mask token 0.
+        return masks[:, 0]
+
+    def decode_points(params, embedding, points):
+        coords = points[:, None, :]
+        labels = jnp.ones(coords.shape[:2], jnp.int32)
+        masks, _ = model.apply(
+            {"params": params},
+            embedding,
+            point_coords=coords,
+            point_labels=labels,
+            multimask_output=True,
+            method=Sam.decode,
+        )
+        return masks[:, 0]
+
+    compiled = CompiledFunctions(
+        encode=jax.jit(encode),
+        decode={"box": jax.jit(decode_boxes), "point": jax.jit(decode_points)},
+    )
+    _COMPILED[model] = compiled
+    return compiled
+
+
+# The sizes are static: one compilation per (prompt count, input size, label size); the prompt
+# count is rounded up to a power of two by the caller to keep the variants few.
+_postprocess = jax.jit(
+    postprocess_masks, static_argnames=("input_size", "original_size", "image_size")
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-image steps
+# ---------------------------------------------------------------------------------------------
+
+
+def preprocess_image(
+    image,
+    image_size: int,
+    pixel_mean: Sequence[float],
+    pixel_std: Sequence[float],
+) -> Tuple[jax.Array, Tuple[int, int]]:
+    """An image as ``segment_anything``'s ``SamPredictor.set_image`` prepares it.
+
+    ``ResizeLongestSide.apply_image`` resizes the uint8 image with torchvision on a PIL image,
+    i.e. ``PIL.Image.resize(..., BILINEAR)`` (antialiased when downscaling); ``Sam.preprocess``
+    then normalises and pads. Rounding to uint8 after the resize is part of that pipeline, which
+    is why PIL is used here rather than the float resize of ``transforms.resize_longest_side``.
+
+    Args:
+      image: ``(H, W, 3)`` uint8 RGB; ``(H, W)``, ``(H, W, 1)`` and ``(H, W, 4)`` are turned
+        into RGB (alpha dropped).
+      image_size: the model's input side ``S``.
+      pixel_mean, pixel_std: the model's normalisation.
+
+    Returns:
+      ``(pixels, input_size)``: ``(S, S, 3)`` float32 encoder input and the ``(H', W')`` of the
+      resized image inside it.
+    """
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 image, got dtype {image.dtype}")
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
+        raise ValueError(
+            f"expected an image of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), "
+            f"got {image.shape}"
+        )
+    if image.shape[-1] == 1:
+        image = np.repeat(image, 3, axis=-1)
+    image = np.ascontiguousarray(image[..., :3])
+    height, width = image.shape[:2]
+    new_h, new_w = preprocess_shape(height, width, image_size)
+    resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+    return normalize_and_pad(resized, image_size, pixel_mean, pixel_std), (new_h, new_w)
+
+
+def _next_power_of_two(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def _pad_prompts(prompts: np.ndarray, size: int) -> np.ndarray:
+    """``(n, ...)`` -> ``(size, ...)`` float32, padded with copies of the first prompt.
+
+    Valid prompts (not zeros) keep the padded rows numerically harmless; their outputs are
+    dropped.
+    """
+    prompts = np.asarray(prompts, np.float32)
+    pad = np.repeat(prompts[:1], size - len(prompts), axis=0)
+    return np.concatenate([prompts, pad], axis=0)
+
+
+def _image_class_map(
+    fns: CompiledFunctions,
+    params,
+    pixels: jax.Array,
+    input_size: Tuple[int, int],
+    original_size: Tuple[int, int],
+    image_size: int,
+    prompts: np.ndarray,
+    classes: np.ndarray,
+    prompt_kind: str,
+    prompt_bucket: int,
+    num_classes: int,
+    background_class: Optional[int],
+) -> np.ndarray:
+    """The ``(H, W)`` int64 class map of one image from its ``(N, ...)`` prompts."""
+    embedding = fns.encode(params, pixels)
+    decode = fns.decode[prompt_kind]
+    # Running per-class maximum of the upscaled logits. semantic_map takes the per-class maximum
+    # over a class's prompts first, so handing it one pre-reduced map per class gives the same
+    # class map while holding at most one chunk of full-size logits at a time.
+    class_max: Dict[int, np.ndarray] = {}
+    for start in range(0, len(prompts), prompt_bucket):
+        chunk = prompts[start : start + prompt_bucket]
+        n = len(chunk)
+        low_res = decode(params, embedding, _pad_prompts(chunk, prompt_bucket))
+        # Upscale only about as many masks as there are real prompts (few shape variants).
+        m = min(prompt_bucket, _next_power_of_two(n))
+        logits = _postprocess(
+            low_res[:m],
+            input_size=tuple(input_size),
+            original_size=tuple(original_size),
+            image_size=image_size,
+        )
+        logits = np.asarray(logits)[:n]
+        chunk_classes = classes[start : start + n]
+        for c in np.unique(chunk_classes):
+            c_max = logits[chunk_classes == c].max(axis=0)
+            c = int(c)
+            class_max[c] = np.maximum(class_max[c], c_max) if c in class_max else c_max
+    present = sorted(class_max)
+    return semantic_map(
+        np.stack([class_max[c] for c in present]),
+        np.asarray(present, np.int64),
+        num_classes,
+        background_class,
+    )
+
+
+def evaluate_source(
+    model: Sam,
+    params,
+    source,
+    *,
+    num_classes: int,
+    background_class: Optional[int],
+    ignore_label: Optional[int] = 255,
+    prompt_kind: str = "box",
+    max_images: Optional[int] = None,
+    prompt_bucket: int = 100,
+    seed: int = 42,
+    progress: bool = True,
+    desc: Optional[str] = None,
+) -> EvalResult:
+    """Evaluates ``model`` on ``source`` with MESS's oracle prompts (see the module docstring).
+
+    Args:
+      model: the SAM module (its config gives the input size and normalisation).
+      params: its parameters (numpy or jax arrays; moved to the device once).
+      source: random-access (``len``, ``source[i]``) of dicts with ``"image"`` ``(H, W, 3)``
+        uint8 and ``"label"`` ``(H, W)`` integer class indices or ``ignore_label``.
+      num_classes: ``K``, classes of the dataset (label values ``0 .. K-1``).
+      background_class: the class taking the pixels where no prompted class has a positive
+        logit; None (or a value ``>= K``) for a dataset without one (see ``semantic_map``).
+      ignore_label: label value never prompted and not counted.
+      prompt_kind: ``"box"`` or ``"point"``.
+      max_images: evaluate only the first this many images (None: all).
+      prompt_bucket: prompts decoded per call; an image's prompts are padded up to it (one
+        compilation for every image) and cut into chunks of it when there are more.
+      seed: seed of the oracle points, the same for every image (an image's prompts do not
+        depend on which other images are evaluated).
+      progress: show a tqdm progress bar.
+      desc: the progress bar's label.
+
+    Returns:
+      The :class:`EvalResult` of the dataset.
+    """
+    if prompt_kind not in PROMPT_KINDS:
+        raise ValueError(f"prompt_kind must be one of {PROMPT_KINDS}, got {prompt_kind!r}")
+    if prompt_bucket < 1:
+        raise ValueError(f"prompt_bucket must be >= 1, got {prompt_bucket}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    num_images = len(source) if max_images is None else min(len(source), max(0, max_images))
+    config = model.config
+    image_size = config.image_size
+    fns = compiled_functions(model)
+    # Once, not per call: numpy params would otherwise be copied to the device at every call.
+    params = jax.device_put(params)
+
+    start_time = time.perf_counter()
+    confusion = np.zeros((num_classes, num_classes), np.int64)
+    for index in tqdm(range(num_images), desc=desc, disable=not progress, unit="img"):
+        example = source[index]
+        image, label = np.asarray(example["image"]), np.asarray(example["label"])
+        if label.ndim == 3 and label.shape[-1] == 1:
+            label = label[..., 0]
+        if label.ndim != 2 or image.shape[:2] != label.shape:
+            raise ValueError(
+                f"example {index}: image {image.shape} and label {label.shape} must share (H, W)"
+            )
+        pixels, input_size = preprocess_image(
+            image, image_size, config.pixel_mean, config.pixel_std
+        )
+        # Prompts live in the resized input frame, as SAM's prompt encoder expects them.
+        label_in = resize_label_longest_side(label, image_size)
+        assert label_in.shape == input_size, (label_in.shape, input_size)
+        prompts, classes = oracle_prompts(
+            label_in, prompt_kind, ignore_label=ignore_label, seed=seed
+        )
+        pred = _image_class_map(
+            fns,
+            params,
+            pixels,
+            input_size,
+            label.shape,
+            image_size,
+            prompts,
+            classes,
+            prompt_kind,
+            prompt_bucket,
+            num_classes,
+            background_class,
+        )
+        confusion += confusion_matrix(pred, label, num_classes, ignore_label)
+    seconds = time.perf_counter() - start_time
+    miou, iou_per_class = mean_iou(confusion)
+    return EvalResult(confusion, miou, iou_per_class, num_images, seconds)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reporting
+# ---------------------------------------------------------------------------------------------
+
+
+def _percent(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{100.0 * value:.2f}"
+
+
+def results_table(results: Mapping[str, EvalResult], domains: Mapping[str, str]) -> str:
+    """A markdown table of per-dataset mIoU (percent), per-domain means and the benchmark mean.
+
+    The binary PAXRay datasets (names starting with ``paxray_``) are listed and then averaged
+    into one ``PAXRay-4`` entry, which counts as one dataset in the domain and benchmark means
+    (as MESS reports it). All means are unweighted means over datasets.
+
+    Args:
+      results: dataset name -> its result, in the order the rows should have.
+      domains: dataset name -> domain (e.g. a MESS domain, or "Synthetic").
+
+    Returns:
+      The table, rows ``| Dataset | Domain | Images | mIoU (%) |``.
+    """
+    mious = {name: float(r.miou) for name, r in results.items()}
+    paxray = [name for name in results if name.startswith(PAXRAY_PREFIX)]
+
+    # Benchmark entries: every dataset, the PAXRay ones merged into one.
+    entries: Dict[str, float] = {}
+    entry_domain: Dict[str, str] = {}
+    rows: List[Tuple[str, str, str, str]] = []
+    for name, result in results.items():
+        domain = domains.get(name, "unknown")
+        rows.append((name, domain, str(result.num_images), _percent(mious[name])))
+        if name in paxray:
+            if name == paxray[-1]:
+                entries[PAXRAY_NAME] = mean_of(mious, paxray)
+                entry_domain[PAXRAY_NAME] = domain
+                label = f"{PAXRAY_NAME} (mean of {len(paxray)})"
+                rows.append((label, domain, "", _percent(entries[PAXRAY_NAME])))
+        else:
+            entries[name] = mious[name]
+            entry_domain[name] = domain
+
+    groups: Dict[str, List[str]] = {}
+    for name, domain in entry_domain.items():
+        groups.setdefault(domain, []).append(name)
+    for domain, mean in group_means(entries, groups).items():
+        rows.append((f"_{domain}_ (mean of {len(groups[domain])})", "", "", _percent(mean)))
+    overall = mean_of(entries) if entries else float("nan")
+    rows.append((f"**Mean** ({len(entries)} datasets)", "", "", _percent(overall)))
+
+    lines = ["| Dataset | Domain | Images | mIoU (%) |", "|:--|:--|--:|--:|"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    return "\n".join(lines)
