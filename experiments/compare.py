@@ -70,8 +70,7 @@ def run_comparison(
                 record = dataclasses.asdict(result)
                 record.pop("history")
                 f.write(json.dumps(record) + "\n")
-            if progress:
-                print(f"{name:>15s} {method:>14s}: mIoU {100 * result.miou:6.2f}")
+            print(f"{name:>15s} {method:>14s}: mIoU {100 * result.miou:6.2f}", flush=True)
     write_tables(results, workdir)
     plots.gate_plot(results, workdir / "gates.png")
     plots.loss_curves(results, workdir / "loss_curves.png")
@@ -79,6 +78,7 @@ def run_comparison(
 
 
 def _run_one(config, method, workdir, params, progress) -> MethodResult:
+    workdir.mkdir(parents=True, exist_ok=True)
     eval_source, info = dataset(config, config.eval.split)
     if method == ZERO_SHOT:
         model_config, pretrained = sam_config(config)
@@ -118,10 +118,15 @@ def _is_gated(model: Sam) -> bool:
 
 def _mean_gates(model: Sam, params, source, num_images: int = 4) -> Dict[str, float]:
     """Gate values averaged over a few evaluation images."""
-    from mopeft_jax.data.pipeline import preprocess_image  # pylint: disable=g-import-not-at-top
-
-    size = model.config.image_size
-    images = np.stack([preprocess_image(source[i]["image"], size) for i in range(num_images)])
+    cfg = model.config
+    images = np.stack(
+        [
+            mess_eval.preprocess_image(
+                source[i]["image"], cfg.image_size, cfg.pixel_mean, cfg.pixel_std
+            )[0]
+            for i in range(min(num_images, len(source)))
+        ]
+    )
     _, state = model.apply({"params": params}, images, method=Sam.encode_image, mutable=["gates"])
     return {name: float(np.mean(value)) for name, value in gate_values(state).items()}
 

@@ -33,9 +33,9 @@ from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Seq
 import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
+from mopeft_jax.data.pipeline import resize_image, to_rgb
 from mopeft_jax.evaluation import (
     PROMPT_KINDS,
     confusion_matrix,
@@ -50,6 +50,7 @@ from mopeft_jax.sam.model import Sam
 from mopeft_jax.sam.transforms import normalize_and_pad, postprocess_masks, preprocess_shape
 
 __all__ = [
+    "CompiledFunctions",
     "EvalResult",
     "PAXRAY_PREFIX",
     "PAXRAY_NAME",
@@ -184,13 +185,14 @@ def preprocess_image(
     """An image as ``segment_anything``'s ``SamPredictor.set_image`` prepares it.
 
     ``ResizeLongestSide.apply_image`` resizes the uint8 image with torchvision on a PIL image,
-    i.e. ``PIL.Image.resize(..., BILINEAR)`` (antialiased when downscaling); ``Sam.preprocess``
-    then normalises and pads. Rounding to uint8 after the resize is part of that pipeline, which
-    is why PIL is used here rather than the float resize of ``transforms.resize_longest_side``.
+    i.e. ``PIL.Image.resize(..., BILINEAR)`` (antialiased when downscaling, rounded to uint8);
+    the input pipeline's :func:`mopeft_jax.data.pipeline.resize_image` does exactly that (the
+    float resize of ``transforms.resize_longest_side`` lacks the rounding). ``Sam.preprocess``
+    then normalises and pads (:func:`mopeft_jax.sam.transforms.normalize_and_pad`).
 
     Args:
       image: ``(H, W, 3)`` uint8 RGB; ``(H, W)``, ``(H, W, 1)`` and ``(H, W, 4)`` are turned
-        into RGB (alpha dropped).
+        into RGB (alpha dropped), as :func:`mopeft_jax.data.pipeline.to_rgb` does.
       image_size: the model's input side ``S``.
       pixel_mean, pixel_std: the model's normalisation.
 
@@ -198,23 +200,10 @@ def preprocess_image(
       ``(pixels, input_size)``: ``(S, S, 3)`` float32 encoder input and the ``(H', W')`` of the
       resized image inside it.
     """
-    image = np.asarray(image)
-    if image.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 image, got dtype {image.dtype}")
-    if image.ndim == 2:
-        image = image[..., None]
-    if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
-        raise ValueError(
-            f"expected an image of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), "
-            f"got {image.shape}"
-        )
-    if image.shape[-1] == 1:
-        image = np.repeat(image, 3, axis=-1)
-    image = np.ascontiguousarray(image[..., :3])
-    height, width = image.shape[:2]
-    new_h, new_w = preprocess_shape(height, width, image_size)
-    resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
-    return normalize_and_pad(resized, image_size, pixel_mean, pixel_std), (new_h, new_w)
+    image = to_rgb(image)
+    input_size = preprocess_shape(image.shape[0], image.shape[1], image_size)
+    resized = resize_image(image, input_size)
+    return normalize_and_pad(resized, image_size, pixel_mean, pixel_std), input_size
 
 
 def _next_power_of_two(n: int) -> int:
@@ -280,6 +269,55 @@ def _image_class_map(
     )
 
 
+def predict_class_map(
+    model: Sam,
+    params,
+    image,
+    label,
+    *,
+    num_classes: int,
+    background_class: Optional[int],
+    ignore_label: int = 255,
+    prompt_kind: str = "box",
+    prompt_bucket: int = 100,
+    seed: int = 42,
+    name: str = "the example",
+) -> Tuple[np.ndarray, np.ndarray]:
+    """The MESS prediction for one image: its ``(H, W)`` class map and its label.
+
+    Oracle prompts from the label resized like the image, one encoding, all prompts decoded
+    against it, logits upscaled to the label's size, then ``semantic_map``.
+    """
+    config = model.config
+    image, label = np.asarray(image), np.asarray(label)
+    if label.ndim == 3 and label.shape[-1] == 1:
+        label = label[..., 0]
+    if label.ndim != 2 or image.shape[:2] != label.shape:
+        raise ValueError(f"{name}: image {image.shape} and label {label.shape} must share (H, W)")
+    pixels, input_size = preprocess_image(
+        image, config.image_size, config.pixel_mean, config.pixel_std
+    )
+    # Prompts live in the resized input frame, as SAM's prompt encoder expects them.
+    label_in = resize_label_longest_side(label, config.image_size)
+    assert label_in.shape == input_size, (label_in.shape, input_size)
+    prompts, classes = oracle_prompts(label_in, prompt_kind, ignore_label=ignore_label, seed=seed)
+    pred = _image_class_map(
+        compiled_functions(model),
+        params,
+        pixels,
+        input_size,
+        label.shape,
+        config.image_size,
+        prompts,
+        classes,
+        prompt_kind,
+        prompt_bucket,
+        num_classes,
+        background_class,
+    )
+    return pred, label
+
+
 def evaluate_source(
     model: Sam,
     params,
@@ -325,9 +363,6 @@ def evaluate_source(
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     num_images = len(source) if max_images is None else min(len(source), max(0, max_images))
-    config = model.config
-    image_size = config.image_size
-    fns = compiled_functions(model)
     # Once, not per call: numpy params would otherwise be copied to the device at every call.
     params = jax.device_put(params)
 
@@ -335,35 +370,18 @@ def evaluate_source(
     confusion = np.zeros((num_classes, num_classes), np.int64)
     for index in tqdm(range(num_images), desc=desc, disable=not progress, unit="img"):
         example = source[index]
-        image, label = np.asarray(example["image"]), np.asarray(example["label"])
-        if label.ndim == 3 and label.shape[-1] == 1:
-            label = label[..., 0]
-        if label.ndim != 2 or image.shape[:2] != label.shape:
-            raise ValueError(
-                f"example {index}: image {image.shape} and label {label.shape} must share (H, W)"
-            )
-        pixels, input_size = preprocess_image(
-            image, image_size, config.pixel_mean, config.pixel_std
-        )
-        # Prompts live in the resized input frame, as SAM's prompt encoder expects them.
-        label_in = resize_label_longest_side(label, image_size)
-        assert label_in.shape == input_size, (label_in.shape, input_size)
-        prompts, classes = oracle_prompts(
-            label_in, prompt_kind, ignore_label=ignore_label, seed=seed
-        )
-        pred = _image_class_map(
-            fns,
+        pred, label = predict_class_map(
+            model,
             params,
-            pixels,
-            input_size,
-            label.shape,
-            image_size,
-            prompts,
-            classes,
-            prompt_kind,
-            prompt_bucket,
-            num_classes,
-            background_class,
+            example["image"],
+            example["label"],
+            num_classes=num_classes,
+            background_class=background_class,
+            ignore_label=ignore_label,
+            prompt_kind=prompt_kind,
+            prompt_bucket=prompt_bucket,
+            seed=seed,
+            name=f"example {index}",
         )
         confusion += confusion_matrix(pred, label, num_classes, ignore_label)
     seconds = time.perf_counter() - start_time

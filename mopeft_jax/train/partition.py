@@ -110,11 +110,12 @@ def make_optimizer(
     transforms: Dict[str, optax.GradientTransformation] = {}
     for label in used:
         peak = config.learning_rates[label]
+        warmup = max(config.warmup_steps, 1)
         schedule = optax.warmup_cosine_decay_schedule(
             0.0,
             peak,
-            max(config.warmup_steps, 1),
-            max(config.total_steps, 2),
+            warmup,
+            max(config.total_steps, warmup + 1),
             end_value=peak * config.end_fraction,
         )
         transforms[label] = optax.adamw(schedule, weight_decay=config.weight_decay)
