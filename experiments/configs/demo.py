@@ -21,15 +21,15 @@ def get_config() -> ml_collections.ConfigDict:
         dict(gate=2e-3, peft=2e-3, decoder=3e-4, sam=3e-4)
     )
     config.optimizer.warmup_steps = 10
-    config.train.steps = 120
+    config.train.steps = 80
     config.train.log_every = 5
-    config.train.checkpoint_every = 60
+    config.train.checkpoint_every = 40
     config.eval.split = "val"
-    config.eval.max_images = 24
+    config.eval.max_images = 16
 
     # Pretraining the tiny SAM on the source domain: every weight trains, from scratch.
     config.pretrain = ml_collections.ConfigDict()
-    config.pretrain.steps = 900
+    config.pretrain.steps = 600
     config.pretrain.learning_rate = 2e-3
     config.pretrain.batch_size = 8
     config.pretrain.num_examples = 2048
