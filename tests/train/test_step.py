@@ -1,5 +1,7 @@
 """The train step: frozen weights stay bit-identical, trainable ones move, every preset learns."""
 
+import functools
+
 import jax
 import numpy as np
 import pytest
@@ -56,3 +58,31 @@ def test_frozen_stay_bit_identical_and_every_trainable_moves(name, prompt):
     assert all(jax.tree_util.tree_leaves(moved))
     assert int(state.step) == 3
     assert any(k.startswith("gate/blocks_0/") for k in metrics)
+
+
+@functools.lru_cache(maxsize=None)
+def _first_step(config_changes=()):
+    """The state and metrics after one MoPEFT step with `SamConfig` fields changed."""
+    model, trainable, frozen, optimizer = tiny_setup(preset("mopeft"))
+    model = type(model)(model.config.replace(**dict(config_changes)))
+    state = TrainState.create(trainable, optimizer)
+    return jax.jit(make_train_step(model, optimizer))(state, frozen, tiny_batch())
+
+
+def test_rematerialised_blocks_give_the_same_step():
+    state, metrics = _first_step()
+    remat_state, remat_metrics = _first_step((("remat", True),))
+    np.testing.assert_allclose(remat_metrics["loss"], metrics["loss"], rtol=1e-6)
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+        remat_state.trainable,
+        state.trainable,
+    )
+
+
+def test_bfloat16_compute_keeps_float32_params():
+    state, metrics = _first_step()
+    bf16_state, bf16_metrics = _first_step((("dtype", "bfloat16"),))
+    assert all(x.dtype == np.float32 for x in jax.tree_util.tree_leaves(bf16_state.trainable))
+    # Same loss to bf16 precision (8 bits of mantissa through a few layers).
+    np.testing.assert_allclose(bf16_metrics["loss"], metrics["loss"], rtol=5e-2)
