@@ -41,9 +41,10 @@ class SamConfig:
       pixel_mean, pixel_std: RGB normalisation of `transforms.preprocess`.
       dtype: compute dtype ("float32"; "bfloat16" on accelerators; "float64" for gradient
         checks, with jax_enable_x64); parameters stay float32.
-      attention: "auto" (query-chunked on CPU for long sequences, else XLA's
+      attention: "auto" (on CPU the query-chunked kernel with a flash-style backward for
+        the encoder's rel-pos attention and long sequences, else XLA's
         `jax.nn.dot_product_attention`), "xla", "cudnn" (fused GPU kernel) or "chunked".
-      attention_query_chunk: queries per step of the chunked attention.
+      attention_query_chunk: at most this many queries per step of the chunked attention.
       remat: rematerialise encoder blocks in the backward pass (saves activation memory).
       peft: a `mopeft_jax.peft.PeftConfig`, or None for plain SAM.
     """

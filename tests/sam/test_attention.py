@@ -1,8 +1,12 @@
-"""The attention kernels agree with a direct computation of the formula."""
+"""The attention kernels agree with a direct computation of the formula, and so do
+their gradients (the chunked kernel has its own flash-attention style VJP)."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mopeft_jax.sam import attention
 from mopeft_jax.sam.attention import dot_product_attention
 
 
@@ -22,20 +26,44 @@ def reference_attention(q, k, v, scale, rel_h, rel_w, num_prefix):
     return np.einsum("bnqk,bknh->bqnh", probs, v)
 
 
-@pytest.mark.parametrize(
-    "implementation, chunk", [("xla", 1024), ("chunked", 7), ("chunked", 64), ("auto", 16)]
-)
-@pytest.mark.parametrize("num_prefix", [0, 3])
-@pytest.mark.parametrize("with_bias", [True, False])
-def test_kernels_match_reference(implementation, chunk, num_prefix, with_bias):
-    rng = np.random.RandomState(0)
-    b, n, h, kh, kw = 2, 3, 8, 5, 6
+def plain_attention(q, k, v, scale, rel_h, rel_w, num_prefix):
+    """The same formula in plain jnp ops, for jax.grad to differentiate."""
+    logits = jnp.einsum("bqnh,bknh->bnqk", q * scale, k)
+    if rel_h is not None:
+        kh, kw = rel_h.shape[-1], rel_w.shape[-1]
+        bias = rel_h.transpose(0, 2, 1, 3)[..., :, None] + rel_w.transpose(0, 2, 1, 3)[..., None, :]
+        bias = bias.reshape(*bias.shape[:-2], kh * kw)
+        prefix_bias = jnp.zeros((*bias.shape[:-1], num_prefix), bias.dtype)
+        logits = logits + jnp.concatenate([prefix_bias, bias], axis=-1)
+    return jnp.einsum("bnqk,bknh->bqnh", jax.nn.softmax(logits, axis=-1), v)
+
+
+def random_inputs(grid, num_prefix, with_bias, seed=0):
+    rng = np.random.RandomState(seed)
+    b, n, h = 2, 3, 8
+    kh, kw = grid
     tq = kh * kw
     q = rng.randn(b, tq, n, h).astype(np.float32)
     k = rng.randn(b, num_prefix + tq, n, h).astype(np.float32)
     v = rng.randn(b, num_prefix + tq, n, h).astype(np.float32)
     rel_h = rng.randn(b, tq, n, kh).astype(np.float32) if with_bias else None
     rel_w = rng.randn(b, tq, n, kw).astype(np.float32) if with_bias else None
+    return q, k, v, rel_h, rel_w
+
+
+# (5, 6): the chunked kernel's flat key layout; (2, 16): its split prefix/grid layout.
+GRIDS = [(5, 6), (2, 16)]
+
+
+@pytest.mark.parametrize(
+    "implementation, chunk", [("xla", 1024), ("chunked", 7), ("chunked", 64), ("auto", 16)]
+)
+@pytest.mark.parametrize("grid", GRIDS)
+@pytest.mark.parametrize("num_prefix", [0, 3])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_kernels_match_reference(implementation, chunk, grid, num_prefix, with_bias):
+    q, k, v, rel_h, rel_w = random_inputs(grid, num_prefix, with_bias)
+    h = q.shape[-1]
     out = dot_product_attention(
         q,
         k,
@@ -49,3 +77,80 @@ def test_kernels_match_reference(implementation, chunk, num_prefix, with_bias):
     )
     expected = reference_attention(q, k, v, h**-0.5, rel_h, rel_w, num_prefix)
     np.testing.assert_allclose(out, expected, rtol=0, atol=1e-5)
+
+
+def test_both_chunked_layouts_and_padded_chunks_are_tested():
+    """The gradient tests below cover the split and flat layouts and a padded last chunk."""
+    flat = attention._layout(30, 33, (5, 6), True, 3, 8)
+    split = attention._layout(32, 35, (2, 16), True, 3, 12)
+    assert not flat.split and split.split
+    assert flat.chunk * flat.num_chunks > 30 and split.chunk * split.num_chunks > 32
+
+
+@pytest.mark.parametrize(
+    "implementation, chunk",
+    # "auto" is "chunked" with a bias on the CPU and "xla" without one at these sizes.
+    [("xla", 1024), ("chunked", 8), ("chunked", 12), ("chunked", 1024)],
+)
+@pytest.mark.parametrize("grid", GRIDS)
+@pytest.mark.parametrize("num_prefix", [0, 3])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_gradients_match_plain_attention(implementation, chunk, grid, num_prefix, with_bias):
+    """Gradients w.r.t. q, k (prefix keys included), v, rel_h and rel_w, through jit."""
+    inputs = random_inputs(grid, num_prefix, with_bias, seed=1)
+    h = inputs[0].shape[-1]
+    cotangent = np.random.RandomState(2).randn(*inputs[0].shape).astype(np.float32)
+    argnums = (0, 1, 2, 3, 4) if with_bias else (0, 1, 2)
+
+    def loss(kernel):
+        def fn(q, k, v, rel_h, rel_w):
+            return jnp.sum(kernel(q, k, v, h**-0.5, rel_h, rel_w, num_prefix) * cotangent)
+
+        return jax.jit(jax.grad(fn, argnums=argnums))(*inputs)
+
+    def kernel(q, k, v, scale, rel_h, rel_w, num_prefix):
+        return dot_product_attention(
+            q,
+            k,
+            v,
+            scale=scale,
+            rel_h=rel_h,
+            rel_w=rel_w,
+            num_prefix=num_prefix,
+            implementation=implementation,
+            query_chunk=chunk,
+        )
+
+    actual, expected = loss(kernel), loss(plain_attention)
+    for name, a, e in zip(("q", "k", "v", "rel_h", "rel_w"), actual, expected):
+        assert a.shape == e.shape, name
+        np.testing.assert_allclose(a, e, rtol=0, atol=2e-5, err_msg=name)
+        assert np.abs(e).max() > 1e-2, name  # a real gradient, not zeros on both sides
+
+
+def test_steps_are_capped_by_logits_per_step(monkeypatch):
+    """A small `_STEP_LOGITS` splits even a long `query_chunk` into several steps."""
+    monkeypatch.setattr(attention, "_STEP_LOGITS", 4 * 35)
+    layout = attention._layout(32, 35, (2, 16), True, 3, 1024)
+    assert layout.num_chunks == 8 and layout.chunk == 4
+    q, k, v, rel_h, rel_w = random_inputs((2, 16), 3, True)
+    h = q.shape[-1]
+
+    def loss(q, k, v, rel_h, rel_w):
+        out = dot_product_attention(
+            q, k, v, scale=h**-0.5, rel_h=rel_h, rel_w=rel_w, num_prefix=3, implementation="chunked"
+        )
+        return jnp.sum(out**2), out
+
+    (_, out), grads = jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4), has_aux=True)(
+        q, k, v, rel_h, rel_w
+    )
+    expected = jax.grad(
+        lambda *a: jnp.sum(plain_attention(*a[:3], h**-0.5, *a[3:], 3) ** 2),
+        argnums=(0, 1, 2, 3, 4),
+    )(q, k, v, rel_h, rel_w)
+    np.testing.assert_allclose(
+        out, reference_attention(q, k, v, h**-0.5, rel_h, rel_w, 3), atol=1e-5
+    )
+    for a, e in zip(grads, expected):
+        np.testing.assert_allclose(a, e, rtol=0, atol=2e-5)

@@ -5,11 +5,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tiny_setup import TINY
 
 from mopeft_jax import Sam
 from mopeft_jax.peft import preset
 from mopeft_jax.train.export import fold_prefix, merge_lora
-from tiny_setup import TINY
 
 
 def perturbed(params, seed=0):
