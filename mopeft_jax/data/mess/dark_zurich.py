@@ -9,30 +9,9 @@ MESS does (id 0 "unlabeled" is class 0, the background), and pixels marked inval
 
 import functools
 
-from mopeft_jax.data.mess import base
+from mopeft_jax.data.mess import base, bdd100k
 
-CLASSES = (
-    "unlabeled",
-    "road",
-    "sidewalk",
-    "building",
-    "wall",
-    "fence",
-    "pole",
-    "traffic light",
-    "traffic sign",
-    "vegetation",
-    "terrain",
-    "sky",
-    "person",
-    "rider",
-    "car",
-    "truck",
-    "bus",
-    "train",
-    "motorcycle",
-    "bicycle",
-)
+CLASSES = ("unlabeled", *bdd100k.CLASSES)  # the 19 Cityscapes classes after "unlabeled"
 
 # Cityscapes label ids of the classes above, in order.
 _LABEL_IDS = (0, 7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)
