@@ -1,4 +1,4 @@
-"""tensorflow-datasets builders for the MESS datasets with training data (MESS-20).
+"""tensorflow-datasets builders for the MESS-20 datasets, and training sources for two of them.
 
 Each dataset is a :class:`~mopeft_jax.data.mess.base.MessSpec` in its own module; importing this
 package registers one tfds builder per spec (``mess_<name>``). Prepare a dataset from the files
@@ -16,7 +16,11 @@ this package, ``download_and_prepare(file_format="array_record", download_config
 tfds.download.DownloadConfig(manual_dir=...))``). A missing or incomplete manual directory raises
 one :class:`ManualDataError` that lists the expected files and where to get them.
 
-:data:`MESS20` lists the datasets by their MESS names; PAXRay-4 is four binary builders.
+:data:`MESS20` lists the datasets by their MESS names; PAXRay-4 is four binary builders. Three more
+builders are training sources, not MESS datasets: CHASE DB1 and CryoNuSeg have no train split, so
+their users train on DRIVE and STARE (``mess_drive``, ``mess_stare``) and on MoNuSeg
+(``mess_monuseg``). Their specs have ``mess_name`` None and name the MESS datasets they serve in
+``train_source_for``.
 """
 
 import types
@@ -32,14 +36,17 @@ from mopeft_jax.data.mess import (  # noqa: F401
     cwfid,
     dark_zurich,
     deepcrack,
+    drive,
     floodnet,
     foodseg103,
     isaid,
     isprs_potsdam,
     kvasir_instrument,
     mhp_v1,
+    monuseg,
     paxray,
     pst900,
+    stare,
     suim,
     uavid,
     zerowaste,
@@ -60,7 +67,8 @@ from mopeft_jax.data.mess.base import (
 from mopeft_jax.data.mess.base import REGISTRY as _REGISTRY
 
 REGISTRY = types.MappingProxyType(_REGISTRY)
-"""Read-only ``name -> MessSpec`` of every builder here (23: PAXRay-4 counts four)."""
+"""Read-only ``name -> MessSpec`` of every builder here (26: the 23 of :data:`MESS20`, where PAXRay-4
+counts four, and the training sources DRIVE, STARE and MoNuSeg)."""
 
 MESS20 = types.MappingProxyType(
     {

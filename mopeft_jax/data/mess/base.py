@@ -21,6 +21,10 @@ A resource may also be given already extracted, as a folder. Inside an archive t
 are located by *markers* (paths relative to the dataset's root, ``fnmatch`` patterns allowed), so
 an archive with or without a top-level folder, a git clone and GitHub's "Download ZIP" all work.
 
+Besides the MESS datasets, a few *training sources* are registered the same way: datasets that
+MESS does not evaluate but that give a train split to the MESS datasets without one (DRIVE and
+STARE for CHASE DB1, MoNuSeg for CryoNuSeg); their ``mess_name`` is None.
+
 The label mappings follow the MESS preparation scripts (``blumenstiel/MESS``,
 ``mess/prepare_datasets/prepare_*.py``); where MESS leaves pixels that match no entry of a colour
 table at an arbitrary value, they are set to the ignore label here, and every label map is checked
@@ -33,6 +37,7 @@ import contextlib
 import dataclasses
 import fnmatch
 import functools
+import gzip
 import hashlib
 import inspect
 import io
@@ -75,6 +80,7 @@ __all__ = [
     "first_channel",
     "get_spec",
     "lut_map",
+    "nonblack",
     "register",
     "rgb_map",
     "stem_pairs",
@@ -343,10 +349,15 @@ class Source:
     def text(self, rel: str) -> str:
         return self.read(rel).decode("utf-8-sig")
 
+    def image_bytes(self, rel: str) -> bytes:
+        """An image file's encoded bytes; a ``.gz`` file decompressed (STARE gzips each image)."""
+        data = self.read(rel)
+        return gzip.decompress(data) if rel.lower().endswith(".gz") else data
+
     def image(self, rel: str) -> Image.Image:
         """The decoded image (mode as stored: ``P`` keeps palette indices, ``1`` is binary)."""
         with _no_pixel_limit():
-            img = Image.open(io.BytesIO(self.read(rel)))
+            img = Image.open(io.BytesIO(self.image_bytes(rel)))
             img.load()
         return img
 
@@ -453,6 +464,8 @@ class Resource:
         exist.
       description: what it is and where to get it (shown when it is missing).
       password: of an encrypted zip, where the dataset's page publishes one.
+      optional: a resource that only adds a split (e.g. test data published separately); when
+        it is missing, ``splits`` gets no source for it. Found but incomplete is still an error.
     """
 
     key: str
@@ -460,6 +473,7 @@ class Resource:
     markers: tuple[str, ...]
     description: str
     password: Optional[bytes] = None
+    optional: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -495,8 +509,10 @@ class MessSpec:
       classes: class names; label value ``k`` is ``classes[k]``.
       background_class: class that takes pixels no prompt claims (MESS metadata), or ``None``
         where the dataset has none (MESS registers 255 there).
-      eval_split: the split MESS evaluates (``"test"`` or ``"val"``).
-      mess_name: MESS's registered (detectron2) dataset name, e.g. ``"bdd100k_sem_seg_val"``.
+      eval_split: the split MESS evaluates (``"test"`` or ``"val"``); for a training source, which
+        MESS does not evaluate, ``"train"``, the one split every download of it has.
+      mess_name: MESS's registered (detectron2) dataset name, e.g. ``"bdd100k_sem_seg_val"``;
+        ``None`` for a training source (a dataset that is not in MESS, see ``train_source_for``).
       resources: what the manual directory must hold.
       splits: ``splits(sources) -> {split: [Pair, ...]}``, given one :class:`Source` per resource.
       dev_fraction: if > 0, a ``dev`` split of about this fraction of ``train``'s groups is carved
@@ -505,6 +521,8 @@ class MessSpec:
         last row/column padded with 0 (image) and 255 (label), as MESS does for large images.
       download: how to get the files (shown with the missing-file error).
       notes: deviations from MESS or caveats, for the builder's description.
+      train_source_for: registry names of the MESS datasets whose users train on this one,
+        where it is not itself a MESS dataset (DRIVE for CHASE DB1, which has no train split).
     """
 
     name: str
@@ -515,13 +533,14 @@ class MessSpec:
     classes: tuple[str, ...]
     background_class: Optional[int]
     eval_split: str
-    mess_name: str
+    mess_name: Optional[str]
     resources: tuple[Resource, ...]
     splits: Callable[[Mapping[str, Source]], Mapping[str, Sequence[Pair]]]
     dev_fraction: float = 0.0
     tile_size: Optional[int] = None
     download: str = ""
     notes: str = ""
+    train_source_for: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.domain not in DOMAINS:
@@ -530,6 +549,11 @@ class MessSpec:
             raise ValueError(f"{self.name}: background_class out of range")
         if len(self.classes) > IGNORE_LABEL:
             raise ValueError(f"{self.name}: too many classes for uint8 labels")
+        if (self.mess_name is None) != bool(self.train_source_for):
+            raise ValueError(
+                f"{self.name}: give either mess_name (a MESS dataset) or train_source_for "
+                "(a training source of MESS datasets)"
+            )
 
     @property
     def tfds_name(self) -> str:
@@ -550,6 +574,7 @@ class MessSpec:
             "ignore_label": IGNORE_LABEL,
             "eval_split": self.eval_split,
             "mess_name": self.mess_name,
+            "train_source_for": list(self.train_source_for),
         }
 
     def manual_instructions(self) -> str:
@@ -557,7 +582,8 @@ class MessSpec:
         lines = [f"{self.title} ({self.homepage}). Put into the manual directory:"]
         for res in self.resources:
             names = " or ".join(res.names)
-            lines.append(f"  - {names}: {res.description}")
+            optional = " (optional)" if res.optional else ""
+            lines.append(f"  - {names}{optional}: {res.description}")
         if self.download:
             lines.append(self.download)
         return "\n".join(lines)
@@ -600,6 +626,8 @@ def _resolve(spec: MessSpec, manual_dir: Optional[Path], workdir: Path) -> dict[
                     break
             if not matches:
                 problems[res.key] = "missing"
+                if res.optional:
+                    log.info("%s: optional %s not found; its split is left out", spec.name, res.key)
                 continue
             try:
                 trees = [
@@ -610,7 +638,9 @@ def _resolve(spec: MessSpec, manual_dir: Optional[Path], workdir: Path) -> dict[
                 sources[res.key] = _locate(trees, res.markers, label, workdir / res.key)
             except (ManualDataError, zipfile.BadZipFile, tarfile.TarError) as err:
                 problems[res.key] = f"found, but incomplete or unreadable ({err})"
-    if problems:
+    optional = {res.key for res in spec.resources if res.optional}
+    # An optional resource may be absent; given but unreadable, it is as wrong as any other.
+    if any(state != "missing" or key not in optional for key, state in problems.items()):
         raise ManualDataError(_missing_message(spec, manual_dir, problems))
     return sources
 
@@ -623,7 +653,8 @@ def _missing_message(spec: MessSpec, manual_dir: Optional[Path], problems: Mappi
     ]
     for res in spec.resources:
         state = problems.get(res.key, "ok")
-        lines.append(f"  - {' or '.join(res.names)}  [{state}]")
+        optional = " (optional)" if res.optional else ""
+        lines.append(f"  - {' or '.join(res.names)}{optional}  [{state}]")
         lines.append(f"      {res.description}")
     lines.append(f"Dataset page: {spec.homepage}")
     if spec.download:
@@ -786,7 +817,7 @@ def stem_pairs(
     label_dir: str,
     to_label: Callable[[Image.Image], np.ndarray],
     *,
-    label_name: str = "{stem}.png",
+    label_name: Union[str, Callable[[str], str]] = "{stem}.png",
     image_suffixes: Sequence[str] = _IMAGE_SUFFIXES,
     recursive: bool = False,
     group: Optional[Callable[[str], str]] = None,
@@ -794,10 +825,11 @@ def stem_pairs(
 ) -> list[Pair]:
     """Pairs every image in ``image_dir`` with the label file of the same stem.
 
-    ``label_name`` formats the label's file name from the image's ``stem``; with ``recursive``,
-    an image in ``image_dir/a/b`` looks for its label in ``label_dir/a/b``. Images without a
-    label are skipped (and counted in the log). ``to_label`` turns the decoded label image into
-    class indices; ``group`` and ``file_name`` map the image's path relative to ``image_dir``.
+    ``label_name`` formats the label's file name from the image's ``stem`` (a callable gets the
+    stem and returns the name); with ``recursive``, an image in ``image_dir/a/b`` looks for its
+    label in ``label_dir/a/b``. Images without a label are skipped (and counted in the log).
+    ``to_label`` turns the decoded label image into class indices; ``group`` and ``file_name`` map
+    the image's path relative to ``image_dir``.
     """
     pairs = []
     skipped = 0
@@ -805,7 +837,8 @@ def stem_pairs(
         rel = path[len(image_dir.strip("/")) + 1 :] if image_dir.strip("/") else path
         sub, base = posixpath.split(rel)
         stem = posixpath.splitext(base)[0]
-        label_path = posixpath.join(label_dir, sub, label_name.format(stem=stem))
+        name = label_name(stem) if callable(label_name) else label_name.format(stem=stem)
+        label_path = posixpath.join(label_dir, sub, name)
         if not labels.exists(label_path):
             skipped += 1
             continue
@@ -823,13 +856,21 @@ def stem_pairs(
 
 
 def _read_pair(images: Source, image_path, labels: Source, label_path, to_label):
-    return images.read(image_path), to_label(labels.image(label_path))
+    return images.image_bytes(image_path), to_label(labels.image(label_path))
 
 
 def first_channel(image: Image.Image) -> np.ndarray:
     """The label image's values; channel 0 where a single-channel label was saved as RGB(A)."""
     array = np.asarray(image)
     return array[..., 0] if array.ndim == 3 else array
+
+
+def nonblack(image: Image.Image) -> np.ndarray:
+    """A binary label: 1 where the label image is not black (any colour channel > 0), else 0.
+
+    Palette images (GIF) are judged by their colours: their indices need not put black first.
+    """
+    return np.asarray(image.convert("RGB")).any(axis=-1).astype(np.uint8)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -940,7 +981,7 @@ def register(spec: MessSpec) -> MessSpec:
         "name": spec.tfds_name,
         "SPEC": spec,
         "MANUAL_DOWNLOAD_INSTRUCTIONS": spec.manual_instructions(),
-        "__doc__": f"{spec.title} (MESS, {spec.domain}). {spec.homepage}",
+        "__doc__": f"{spec.title} ({_role(spec)}, {spec.domain}). {spec.homepage}",
         "__module__": __name__,
     }
     _BUILDERS[spec.name] = types.new_class(
@@ -948,6 +989,12 @@ def register(spec: MessSpec) -> MessSpec:
     )
     REGISTRY[spec.name] = spec
     return spec
+
+
+def _role(spec: MessSpec) -> str:
+    if spec.mess_name is not None:
+        return "MESS"
+    return "training source for MESS " + ", ".join(spec.train_source_for)
 
 
 def builder_class(name: str) -> type:

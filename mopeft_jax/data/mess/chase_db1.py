@@ -2,7 +2,8 @@
 
 Test-only, as in MESS: of the 28 images (sorted by name) MESS keeps the first 8 out and tests on
 the remaining 20, against the first observer's annotation (``*_1stHO.png``). There is no train
-split of its own: train on a related retinal-vessel dataset (DRIVE, STARE) instead.
+split of its own: train on a related retinal-vessel dataset instead, DRIVE or STARE (the
+builders ``mess_drive`` and ``mess_stare``).
 """
 
 import functools
@@ -54,6 +55,6 @@ SPEC = base.register(
             ),
         ),
         splits=_splits,
-        notes="Test split only (no train split of its own).",
+        notes="Test split only (no train split of its own); train on mess_drive or mess_stare.",
     )
 )

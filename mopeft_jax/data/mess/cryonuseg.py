@@ -2,7 +2,7 @@
 
 Test-only, as in MESS: the 30 ``tissue images/*.tif`` with annotator 1's (second round) binary
 masks (255 = nucleus). There is no train split of its own: train on a related nuclei dataset
-(e.g. MoNuSeg) instead.
+instead, e.g. MoNuSeg (the builder ``mess_monuseg``).
 """
 
 import functools
@@ -55,6 +55,6 @@ SPEC = base.register(
             ),
         ),
         splits=_splits,
-        notes="Test split only (no train split of its own).",
+        notes="Test split only (no train split of its own); train on mess_monuseg.",
     )
 )

@@ -10,6 +10,7 @@ remaps, thresholds, unmapped values that must become the ignore label 255).
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import io
 import json
 import shutil
@@ -125,9 +126,9 @@ def zip_bytes(files: dict[str, bytes]) -> bytes:
     return buf.getvalue()
 
 
-def tar_bytes(files: dict[str, bytes]) -> bytes:
+def tar_bytes(files: dict[str, bytes], compression: str = "gz") -> bytes:
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+    with tarfile.open(fileobj=buf, mode=f"w:{compression}") as tar:
         for name, data in files.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
@@ -487,6 +488,116 @@ def make_cryonuseg(manual: Path) -> Expect:
     return expect
 
 
+def _white_first_gif(mask: np.ndarray) -> bytes:
+    """A GIF of ``mask`` (white where True) whose palette puts white at index 0, black at 1."""
+    indices = np.where(mask, 0, 1).astype(np.uint8)
+    return encode(indices, "GIF", mode="P", palette=[255, 255, 255, 0, 0, 0])
+
+
+def make_drive(manual: Path, test_labels: bool = True) -> Expect:
+    files, expect = {}, Expect({"train": 2, "test": 1} if test_labels else {"train": 2})
+    h, w = 20, 24
+    for split, folder, numbers in (("train", "training", (21, 22)), ("test", "test", (1,))):
+        for k, n in enumerate(numbers):
+            image = rgb_image(1900 + n, h, w)
+            vessels = np.zeros((h, w), bool)
+            vessels[n % h, :] = True
+            vessels[:, 3 + k] = True
+            fov = np.full((h, w), 255, np.uint8)
+            files[f"DRIVE/{folder}/images/{n:02d}_{folder}.tif"] = encode(image, "TIFF")
+            files[f"DRIVE/{folder}/mask/{n:02d}_{folder}_mask.gif"] = encode(fov, "GIF")
+            if split == "test" and not test_labels:
+                continue
+            # One annotation with an inverted palette: the label must follow colours, not indices.
+            white = vessels.astype(np.uint8) * 255
+            manual_gif = _white_first_gif(vessels) if k == 0 else encode(white, "GIF")
+            files[f"DRIVE/{folder}/1st_manual/{n:02d}_manual1.gif"] = manual_gif
+            if split == "test":
+                files[f"DRIVE/test/2nd_manual/{n:02d}_manual2.gif"] = encode(255 - white, "GIF")
+            expect.labels[(split, f"{n:02d}_{folder}.tif")] = vessels.astype(np.uint8)
+            expect.images[(split, f"{n:02d}_{folder}.tif")] = image
+    write_zip(manual / "DRIVE.zip", files)
+    return expect
+
+
+def make_stare(manual: Path) -> Expect:
+    images, labels, expect = {}, {}, Expect({"train": 2})
+    h, w = 20, 24
+    for k in range(1, 4):  # im0003 has no annotation: not in the train split
+        stem = f"im{k:04d}"
+        image = rgb_image(2000 + k, h, w)
+        images[f"{stem}.ppm.gz"] = gzip.compress(encode(image, "PPM"))
+        if k == 3:
+            continue
+        vessels = np.zeros((h, w), bool)
+        vessels[2 * k, :] = True
+        vessels[0, 0] = True  # drawn faintly below: any non-black value is a vessel
+        if k == 1:  # a colour (P6) annotation
+            label = np.where(vessels[..., None], np.uint8(255), np.uint8(0)).repeat(3, axis=-1)
+            label[0, 0] = (0, 0, 30)
+        else:  # a grey (P5) one
+            label = np.where(vessels, np.uint8(255), np.uint8(0))
+            label[0, 0] = 1
+        labels[f"{stem}.ah.ppm.gz"] = gzip.compress(encode(label, "PPM"))
+        expect.labels[("train", f"{stem}.ppm.gz")] = vessels.astype(np.uint8)
+        expect.images[("train", f"{stem}.ppm.gz")] = image
+    manual.mkdir(parents=True, exist_ok=True)
+    (manual / "stare-images.tar").write_bytes(tar_bytes(images, compression=""))
+    (manual / "labels-ah.tar").write_bytes(tar_bytes(labels, compression=""))
+    return expect
+
+
+def aperio_xml(regions: list[list[tuple[float, float]]]) -> bytes:
+    """An Aperio ImageScope annotation file with one ``<Region>`` per list of vertices."""
+    body = "".join(
+        f'<Region Id="{i}" Type="0" Zoom="1" Length="0" Area="0"><Attributes/><Vertices>'
+        + "".join(f'<Vertex X="{x:f}" Y="{y:f}" Z="0"/>' for x, y in vertices)
+        + "</Vertices></Region>"
+        for i, vertices in enumerate(regions, 1)
+    )
+    return (
+        '<?xml version="1.0"?><Annotations MicronsPerPixel="0.252100">'
+        '<Annotation Id="1" Name="" ReadOnly="0" Type="4" Visible="1"><Attributes>'
+        '<Attribute Name="Description" Id="0" Value=""/></Attributes><Regions>'
+        '<RegionAttributeHeaders><AttributeHeader Id="9999" Name="Region" ColumnWidth="-1"/>'
+        f"</RegionAttributeHeaders>{body}</Regions><Plots/></Annotation></Annotations>"
+    ).encode()
+
+
+def make_monuseg(manual: Path, test: bool = True) -> Expect:
+    expect = Expect({"train": 2, "test": 1} if test else {"train": 2})
+    h, w = 20, 24
+    train_root, train, test_files = "MoNuSeg 2018 Training Data", {}, {}
+    ids = {"train": ["TCGA-A7-A13E-01Z-00-DX1", "TCGA-18-5592-01Z-00-DX1"]}
+    ids["test"] = ["TCGA-2Z-A9J9-01A-01-TS1"]
+    for s, (split, names) in enumerate(ids.items()):
+        for k, stem in enumerate(names):
+            image = rgb_image(2100 + 10 * s + k, h, w)
+            # Two overlapping rectangles (x0, y0, x1, y1; corners included) and a two-point
+            # region, which outlines no area.
+            boxes = [(2, 3, 9, 7 + k), (8, 6, 20, 16)]
+            regions = [[(x0, y0), (x1, y0), (x1, y1), (x0, y1)] for x0, y0, x1, y1 in boxes]
+            regions.append([(1.0, 18.0), (22.0, 18.0)])
+            want = np.zeros((h, w), np.uint8)
+            for x0, y0, x1, y1 in boxes:
+                want[y0 : y1 + 1, x0 : x1 + 1] = 1
+            if split == "train":
+                train[f"{train_root}/Tissue Images/{stem}.tif"] = encode(image, "TIFF")
+                train[f"{train_root}/Annotations/{stem}.xml"] = aperio_xml(regions)
+            else:
+                test_files[f"MoNuSegTestData/{stem}.tif"] = encode(image, "TIFF")
+                test_files[f"MoNuSegTestData/{stem}.xml"] = aperio_xml(regions)
+            expect.labels[(split, f"{stem}.tif")] = want
+            expect.images[(split, f"{stem}.tif")] = image
+    write_zip(manual / f"{train_root}.zip", train)
+    if test:
+        write_zip(manual / "MoNuSegTestData.zip", test_files)
+    else:
+        expect.labels = {key: v for key, v in expect.labels.items() if key[0] == "train"}
+        expect.images = {key: v for key, v in expect.images.items() if key[0] == "train"}
+    return expect
+
+
 def make_paxray(manual: Path, index: int) -> Expect:
     files, entries = {}, {"train": [], "val": [], "test": []}
     expect = Expect({"train": 2, "val": 1, "test": 1})
@@ -672,6 +783,9 @@ def fakes(tile_size: int = SMALL_TILE) -> dict[str, Callable[[Path], Expect]]:
         "kvasir_instrument": make_kvasir_instrument,
         "chase_db1": make_chase_db1,
         "cryonuseg": make_cryonuseg,
+        "drive": make_drive,
+        "stare": make_stare,
+        "monuseg": make_monuseg,
         "corrosion_cs": make_corrosion_cs,
         "deepcrack": make_deepcrack,
         "pst900": make_pst900,

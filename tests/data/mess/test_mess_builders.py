@@ -51,8 +51,36 @@ def test_every_registered_dataset_has_a_fake():
 def test_mess20_lists_twenty_datasets():
     assert len(mess.MESS20) == 20
     names = [n for group in mess.MESS20.values() for n in group]
-    assert sorted(names) == sorted(mess.REGISTRY)
+    assert sorted(names) == sorted(n for n, s in mess.REGISTRY.items() if s.mess_name is not None)
     assert "DRAM" not in mess.MESS20 and "WorldFloods" not in mess.MESS20
+
+
+def test_training_sources_serve_mess_datasets_without_a_train_split():
+    sources = {n: s.train_source_for for n, s in mess.REGISTRY.items() if s.mess_name is None}
+    assert sources == {
+        "drive": ("chase_db1",),
+        "stare": ("chase_db1",),
+        "monuseg": ("cryonuseg",),
+    }
+    assert len(mess.REGISTRY) == 26
+    with pytest.raises(ValueError, match="mess_name .* or train_source_for"):
+        dataclasses.replace(mess.get_spec("drive"), train_source_for=())
+
+
+@pytest.mark.parametrize("name", ["drive", "monuseg"])
+def test_test_data_may_be_missing(name, tmp_path):
+    # DRIVE's challenge site withholds the test annotations; MoNuSeg's test zip is separate.
+    from _mess_fakes import make_drive, make_monuseg
+
+    manual = tmp_path / "manual"
+    if name == "drive":
+        expect = make_drive(manual, test_labels=False)
+    else:
+        expect = make_monuseg(manual, test=False)
+    builder = mess.build(name, manual, data_dir=tmp_path / "data")
+    assert {s: builder.info.splits[s].num_examples for s in builder.info.splits} == expect.sizes
+    assert set(expect.sizes) == {"train"}
+    assert "(optional)" in mess.get_spec(name).manual_instructions()
 
 
 @pytest.mark.parametrize("name", sorted(FAKES))
