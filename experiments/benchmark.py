@@ -191,7 +191,13 @@ class TrainRow:
     compile_s: float
 
 
-def train_benchmark(config: SamConfig, sam_params, repeats: int, num_prompts: int = 4):
+def train_benchmark(
+    config: SamConfig,
+    sam_params,
+    repeats: int,
+    num_prompts: int = 4,
+    methods=("mopeft", "full_finetune"),
+):
     """One train step of MoPEFT and of full fine-tuning against the forward of the same loss."""
     from mopeft_jax.peft import preset  # pylint: disable=g-import-not-at-top
     from mopeft_jax.train import partition  # pylint: disable=g-import-not-at-top
@@ -204,7 +210,7 @@ def train_benchmark(config: SamConfig, sam_params, repeats: int, num_prompts: in
 
     batch = _train_batch(config, num_prompts)
     rows = []
-    for method in ("mopeft", "full_finetune"):
+    for method in methods:
         peft = preset(method)
         model = Sam(config.replace(peft=peft))
         params = model.init_params(jax.random.key(0), pretrained=sam_params)
