@@ -69,23 +69,25 @@ class Attention(nn.Module):
         self,
         x: jax.Array,
         prefix: Optional[Tuple[jax.Array, jax.Array]] = None,
-        qkv_delta: Optional[jax.Array] = None,
+        qv_delta: Optional[Tuple[jax.Array, jax.Array]] = None,
     ) -> jax.Array:
         """Self-attention of a (B, H, W, C) grid -> (B, H, W, C).
 
         Args:
           x: tokens (B, H, W, C).
           prefix: optional (keys, values), each (B, L, C), attended before the grid's keys.
-          qkv_delta: optional (B, H, W, 3C) added to the fused qkv projection (LoRA).
+          qv_delta: optional updates (B, H, W, C) of the query and value projections (LoRA);
+            added after the fused qkv is split, so the key slice costs nothing.
         """
         b, h, w, c = x.shape
         head_dim = c // self.num_heads
         dtype = jnp.dtype(self.config.dtype)
         qkv = nn.Dense(3 * c, dtype=dtype, name="qkv")(x)
-        if qkv_delta is not None:
-            qkv = qkv + qkv_delta.astype(qkv.dtype)
         qkv = qkv.reshape(b, h * w, 3, self.num_heads, head_dim)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, T, N, hd)
+        if qv_delta is not None:
+            q_delta, v_delta = (d.reshape(q.shape).astype(q.dtype) for d in qv_delta)
+            q, v = q + q_delta, v + v_delta
 
         table_shape = lambda n: (2 * n - 1, head_dim)  # noqa: E731
         zeros = nn.initializers.zeros
@@ -146,14 +148,13 @@ class Block(nn.Module):
         x = layer_norm(1e-6, dtype, "norm1")(x)
         gate = _Gates(self, peft, x)
 
-        qkv_delta = None
+        qv_delta = None
         if peft.lora:
-            deltas = [
+            qv_delta = tuple(
                 LoRA(peft.lora_rank, c, dtype, name=f"lora_{target}")(x)
                 * _scale(gate(f"lora_{target}", x), peft.lora_alpha / peft.lora_rank)
                 for target in ("q", "v")
-            ]
-            qkv_delta = jnp.concatenate([deltas[0], jnp.zeros_like(deltas[0]), deltas[1]], -1)
+            )
         if peft.prefix:
             if prefix is None:
                 raise ValueError(
@@ -169,14 +170,14 @@ class Block(nn.Module):
         attn = Attention(cfg.encoder_num_heads, attn_input_size, cfg, name="attn")
         if self.window_size > 0:
             x, padded = window_partition(x, self.window_size)
-            if qkv_delta is not None:
-                qkv_delta, _ = window_partition(qkv_delta, self.window_size)
+            if qv_delta is not None:
+                qv_delta = tuple(window_partition(d, self.window_size)[0] for d in qv_delta)
             if prefix is not None:  # every window of an image attends to its prefixes
                 prefix = tuple(jnp.repeat(p, x.shape[0] // b, axis=0) for p in prefix)
-            x = attn(x, prefix, qkv_delta)
+            x = attn(x, prefix, qv_delta)
             x = window_unpartition(x, self.window_size, padded, (h, w))
         else:
-            x = attn(x, prefix, qkv_delta)
+            x = attn(x, prefix, qv_delta)
         x = shortcut + x
         x = x + MLPBlock(int(c * cfg.mlp_ratio), dtype=dtype, name="mlp")(
             layer_norm(1e-6, dtype, "norm2")(x)
