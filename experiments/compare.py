@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
+import functools
 import json
 import pathlib
 import sys
@@ -127,8 +128,20 @@ def _mean_gates(model: Sam, params, source, num_images: int = 4) -> Dict[str, fl
             for i in range(min(num_images, len(source)))
         ]
     )
-    _, state = model.apply({"params": params}, images, method=Sam.encode_image, mutable=["gates"])
-    return {name: float(np.mean(value)) for name, value in gate_values(state).items()}
+    return {name: float(np.mean(value)) for name, value in _gates_fn(model)(params, images).items()}
+
+
+@functools.lru_cache(maxsize=8)
+def _gates_fn(model: Sam):
+    """Jitted (params, images) -> {gate name: (B,) values}, cached per model."""
+
+    def gates(params, images):
+        _, state = model.apply(
+            {"params": params}, images, method=Sam.encode_image, mutable=["gates"]
+        )
+        return gate_values(state)
+
+    return jax.jit(gates)
 
 
 def write_tables(results: List[MethodResult], workdir: pathlib.Path) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Optional, Tuple
 
 import flax
@@ -96,20 +97,19 @@ class Sam(nn.Module):
         """Params of every submodule, random or taken from `pretrained` where it has them.
 
         `pretrained` is a plain SAM param tree (e.g. from `load_pretrained`): it loads
-        unchanged into a model with PEFT layers, which keep their own init. Wrap in
-        `jax.eval_shape` for shapes only.
+        unchanged into a model with PEFT layers, which keep their own init (the same
+        values as in a fully random init from `rng`). Only the leaves `pretrained` lacks
+        are drawn. Wrap in `jax.eval_shape` for shapes only.
         """
-        fresh = self._random_params(rng)
-        return fresh if pretrained is None else overlay_params(fresh, pretrained)
-
-    def _random_params(self, rng: jax.Array) -> dict:
-        cfg = self.config
-        size, low_res = cfg.image_size, cfg.low_res_mask_size
-        images = jnp.zeros((1, size, size, 3), jnp.float32)
-        masks = jnp.zeros((1, low_res, low_res, 1), jnp.float32)
-        return jax.jit(self.init, static_argnames="method")(
-            rng, images, masks, method=Sam._with_every_prompt
-        )["params"]
+        if pretrained is None:
+            return flax.traverse_util.unflatten_dict(_random_params(self, None)(rng))
+        shapes = flax.traverse_util.flatten_dict(jax.eval_shape(self.init_params, rng))
+        given = flax.traverse_util.flatten_dict(pretrained)
+        # Drawing only the missing leaves keeps XLA from compiling every initializer of
+        # the model, which on a CPU takes longer than a short fine-tuning run.
+        missing = frozenset(path for path in shapes if path not in given)
+        fresh = {**shapes, **_random_params(self, missing)(rng)}
+        return overlay_params(flax.traverse_util.unflatten_dict(fresh), pretrained)
 
     def _with_every_prompt(self, images: jax.Array, mask_inputs: jax.Array):
         """Runs every submodule once: points, boxes and a mask prompt, and no mask prompt."""
@@ -155,6 +155,22 @@ def _prompt_batch_size(image_embeddings, point_coords, point_labels, boxes, mask
             f"have B={batch}; pass one embedding per prompt set or a single shared one."
         )
     return batch
+
+
+@functools.lru_cache(maxsize=32)
+def _random_params(model: Sam, paths: Optional[frozenset]):
+    """A jitted rng -> {path: value} of `model`'s random init, of `paths` only if given."""
+
+    def init(rng):
+        cfg = model.config
+        size, low_res = cfg.image_size, cfg.low_res_mask_size
+        images = jnp.zeros((1, size, size, 3), jnp.float32)
+        masks = jnp.zeros((1, low_res, low_res, 1), jnp.float32)
+        params = model.init(rng, images, masks, method=Sam._with_every_prompt)["params"]
+        flat = flax.traverse_util.flatten_dict(params)
+        return flat if paths is None else {path: flat[path] for path in paths}
+
+    return jax.jit(init)
 
 
 def overlay_params(fresh: dict, pretrained: dict) -> dict:
