@@ -50,11 +50,12 @@ ADAM_EPS = 1e-3
 STEPS = 2  # the second step starts from the state the first one left on the mesh
 
 
-def random_params(model: Sam, seed: int = 0) -> dict:
-    """Random float32 parameters with the model's structure, without compiling its init.
+def random_params(model: Sam, seed=0, dtype=None) -> dict:
+    """Random parameters with the model's structure, without compiling its init.
 
     Kernels ~ N(0, 1/fan_in), LayerNorm scales ~ 1 + N(0, 0.1), everything else
     ~ N(0, 0.1): every path (zero-initialised adapters and LoRA factors included) is live.
+    `seed` is an int or a `np.random.Generator`; `dtype` defaults to each leaf's own.
     """
     shapes = jax.eval_shape(model.init_params, jax.random.key(0))
     rng = np.random.default_rng(seed)
@@ -67,7 +68,7 @@ def random_params(model: Sam, seed: int = 0) -> dict:
             value = rng.standard_normal(shape) / np.sqrt(np.prod(shape[:-1]))
         else:
             value = 0.1 * rng.standard_normal(shape)
-        flat[path] = value.astype(leaf.dtype)
+        flat[path] = value.astype(dtype or leaf.dtype)
     return flax.traverse_util.unflatten_dict(flat)
 
 

@@ -37,8 +37,9 @@ def test_merged_lora_is_a_plain_sam_with_the_same_outputs():
     assert merged_config.peft is None
     plain_tree = jax.tree_util.tree_structure(Sam(TINY).init_params(jax.random.key(0)))
     assert jax.tree_util.tree_structure(merged) == plain_tree
-    np.testing.assert_allclose(predict(merged_config, merged), predict(config, params),
-                               rtol=0, atol=2e-4)
+    np.testing.assert_allclose(
+        predict(merged_config, merged), predict(config, params), rtol=0, atol=2e-4
+    )
 
 
 def test_merge_keeps_other_peft_layers():
@@ -48,8 +49,9 @@ def test_merge_keeps_other_peft_layers():
     assert merged_config.peft == preset("adapter")
     paths = ["/".join(p) for p in flax.traverse_util.flatten_dict(merged)]
     assert any("adapter" in p for p in paths) and not any("lora" in p for p in paths)
-    np.testing.assert_allclose(predict(merged_config, merged), predict(config, params),
-                               rtol=0, atol=2e-4)
+    np.testing.assert_allclose(
+        predict(merged_config, merged), predict(config, params), rtol=0, atol=2e-4
+    )
 
 
 def test_gated_lora_cannot_be_merged():
@@ -67,5 +69,6 @@ def test_folded_prefix_gives_the_same_outputs_with_fewer_params():
     count = lambda t: sum(x.size for x in jax.tree_util.tree_leaves(t))  # noqa: E731
     assert count(folded["image_encoder"]["prefix"]) == 2 * 2 * 10 * TINY.encoder_embed_dim
     assert count(folded) < count(params)
-    np.testing.assert_allclose(predict(folded_config, folded), predict(config, params),
-                               rtol=0, atol=2e-5)
+    np.testing.assert_allclose(
+        predict(folded_config, folded), predict(config, params), rtol=0, atol=2e-5
+    )

@@ -33,26 +33,6 @@ TIMEOUT_S = 300
 SEED = 0
 
 
-def _random_params(model, rng):
-    """float64 params with the model's structure: every path (adapters, LoRA) live."""
-    import flax
-    import jax
-    import numpy as np
-
-    shapes = jax.eval_shape(model.init_params, jax.random.key(0))
-    flat = {}
-    for path, leaf in flax.traverse_util.flatten_dict(shapes).items():
-        shape = leaf.shape
-        if path[-1] == "scale":
-            value = 1.0 + 0.1 * rng.standard_normal(shape)
-        elif len(shape) >= 2:
-            value = rng.standard_normal(shape) / np.sqrt(np.prod(shape[:-1]))
-        else:
-            value = 0.1 * rng.standard_normal(shape)
-        flat[path] = value.astype(np.float64)
-    return flax.traverse_util.unflatten_dict(flat)
-
-
 def _batch(config, rng, batch=2, prompts=2):
     """Random images and one rectangle (box and mask) per prompt, float64."""
     import numpy as np
@@ -81,6 +61,7 @@ def _check_preset(name, rng):
     import flax
     import jax
     import numpy as np
+    from _sharding_common import random_params
     from jax.flatten_util import ravel_pytree
 
     from mopeft_jax import Sam, SamConfig
@@ -108,7 +89,7 @@ def _check_preset(name, rng):
     model = Sam(config)
     # As device arrays: `frozen` is closed over below, and NumPy constants in a traced
     # function would be indexed by tracers (the encoder's relative-position lookup).
-    params = jax.tree_util.tree_map(jax.numpy.asarray, _random_params(model, rng))
+    params = jax.tree_util.tree_map(jax.numpy.asarray, random_params(model, rng, dtype=np.float64))
     labels = partition.label_params(params, config.peft)
     trainable, frozen = partition.split(params, labels)
     batch = _batch(config, rng)
