@@ -51,6 +51,7 @@ from PIL import Image
 from mopeft_jax.evaluation.prompts import resize_label_longest_side
 from mopeft_jax.evaluation.segments import (
     Segment,
+    check_label,
     connected_segments,
     segment_box,
     segment_point,
@@ -262,17 +263,11 @@ def downsample_mask(segment: Segment, config: PipelineConfig) -> np.ndarray:
 
 
 def _check_label(label, image_shape) -> np.ndarray:
+    """The label as (H, W) integers (an (H, W, 1) label squeezed), of the image's H and W."""
     label = np.asarray(label)
     if label.ndim == 3 and label.shape[-1] == 1:
         label = label[..., 0]
-    if label.ndim != 2:
-        raise ValueError(
-            f"label must be a 2-D (H, W) array of class indices, got an array of shape {label.shape}"
-        )
-    if label.dtype == bool:
-        label = label.astype(np.uint8)
-    if not np.issubdtype(label.dtype, np.integer):
-        raise ValueError(f"label must have an integer dtype, got {label.dtype}")
+    label = check_label(label)
     if label.shape != tuple(image_shape[:2]):
         raise ValueError(
             f"label of shape {label.shape} does not match the image of shape {tuple(image_shape)}: "

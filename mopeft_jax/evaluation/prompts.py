@@ -19,7 +19,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from .segments import IgnoreLabel, _check_kind, _check_label, segment_prompts
+from .segments import IgnoreLabel, _check_kind, check_label, segment_prompts
 
 __all__ = [
     "DUMMY_BOX",
@@ -73,7 +73,7 @@ def oracle_prompts(
             array.
     """
     kind = _check_kind(kind)
-    label = _check_label(label)
+    label = check_label(label)
     rng = np.random.default_rng(seed)
     prompts, classes = segment_prompts(
         label,

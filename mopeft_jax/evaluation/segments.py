@@ -45,6 +45,7 @@ __all__ = [
     "FOUR_CONNECTIVITY",
     "PROMPT_KINDS",
     "Segment",
+    "check_label",
     "connected_segments",
     "interior_candidates",
     "segment_box",
@@ -90,8 +91,8 @@ class Segment:
         return out
 
 
-def _check_label(label) -> np.ndarray:
-    """Returns ``label`` as a 2-D integer array or raises ValueError."""
+def check_label(label) -> np.ndarray:
+    """Returns ``label`` as a 2-D integer array (bool as 0/1) or raises ValueError."""
     label = np.asarray(label)
     if label.ndim != 2:
         raise ValueError(
@@ -140,7 +141,7 @@ def connected_segments(
     Raises:
         ValueError: if ``label`` is not 2-D or not integer, or the limits are invalid.
     """
-    label = _check_label(label)
+    label = check_label(label)
     if min_pixels < 0:
         raise ValueError(f"min_pixels must be >= 0, got {min_pixels}")
     if max_segments is not None and max_segments < 1:
