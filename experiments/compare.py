@@ -29,6 +29,7 @@ import numpy as np
 from experiments import mess_eval, plots
 from experiments.train import dataset, sam_config, train
 from mopeft_jax import Sam
+from mopeft_jax.host_memory import retain_freed_memory
 from mopeft_jax.peft.gates import gate_values
 
 ZERO_SHOT = "zero_shot"
@@ -185,6 +186,7 @@ def main(argv) -> Optional[int]:
     flags.mark_flags_as_required(["config", "workdir"])
 
     def run(_):
+        retain_freed_memory()  # before the first computation; see mopeft_jax.host_memory
         results = run_comparison(flags_config.value, flags.FLAGS.workdir)
         print((pathlib.Path(flags.FLAGS.workdir) / "results.md").read_text())
         return 0 if results else 1

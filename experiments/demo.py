@@ -28,6 +28,7 @@ from experiments.configs import demo as demo_config
 from experiments.train import sam_config, train
 from mopeft_jax import load_pretrained, save_pretrained
 from mopeft_jax.data import SOURCE_DOMAIN
+from mopeft_jax.host_memory import retain_freed_memory
 
 DEFAULT_CACHE = pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache"))
 
@@ -89,6 +90,7 @@ def main(argv=None) -> int:
     parser.add_argument("--methods", nargs="*", default=None)
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    retain_freed_memory()  # before the first computation; see mopeft_jax.host_memory
 
     config = demo_config.get_config()
     if args.pretrain_steps is not None:

@@ -29,6 +29,7 @@ from experiments.configs.common import TINY_SAM
 from mopeft_jax import Sam, SamConfig, load_pretrained
 from mopeft_jax.data import DOMAINS, SyntheticSegmentation
 from mopeft_jax.data.pipeline import PipelineConfig, make_dataset
+from mopeft_jax.host_memory import retain_freed_memory
 from mopeft_jax.peft import preset
 from mopeft_jax.train import partition, sharding
 from mopeft_jax.train.checkpoint import TrainCheckpointer
@@ -306,6 +307,7 @@ def main(argv) -> int:
     flags.mark_flags_as_required(["config", "workdir"])
 
     def run(_):
+        retain_freed_memory()  # before the first computation; see mopeft_jax.host_memory
         sharding.initialize_distributed()
         try:
             result = train(flags_config.value, flags.FLAGS.workdir)
