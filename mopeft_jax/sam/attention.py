@@ -7,8 +7,10 @@ The image encoder adds SAM's decomposed relative-position bias: a query at grid
 position (i, j) attending to a key at (u, v) gets `rel_h[.., u] + rel_w[.., v]`.
 Materialising that bias for a global block of ViT-B is a (B, 12, 4096, 4096)
 tensor, and on a CPU a plain batched attention over it is memory-bound. The
-chunked kernel therefore walks over (head, query chunk) pairs, forming the bias
-of one chunk at a time; on GPU/TPU the full bias goes to XLA's fused attention.
+chunked kernel therefore walks over steps of a few MB of logits, forming the bias
+of one step at a time: a query chunk of one head, or all queries of several heads
+where sequences are short (windows); on GPU/TPU the full bias goes to XLA's fused
+attention.
 Its custom VJP is flash attention's backward: it recomputes each chunk's logits
 instead of storing them, so a train step with frozen encoder weights costs about
 one more forward's worth of matmuls and no (B, N, Tq, Tk) activations.
@@ -48,92 +50,121 @@ def _expand_bias(rel_h, rel_w, num_prefix, dtype):
 class _Layout(NamedTuple):
     """Static shape of the chunked kernel's keys and steps.
 
-    With `split`, a step's logits are the prefix keys' (c, P) and the grid keys'
-    (c, kh, kw): the bias adds and everything elementwise after them are then plain
-    broadcasts, which XLA CPU vectorises (on a flat (c, P + kh*kw) axis it fuses them
-    with index arithmetic that it does not: ~3x slower on ViT-B's global blocks). On
-    narrow grids (windows, kw = 14) the flat (c, P + kh*kw) logits are faster.
+    A step is `heads` heads by `chunk` queries. With `split`, a step's logits are the
+    prefix keys' (g, c, P) and the grid keys' (g, c, kh, kw): the bias adds and
+    everything elementwise after them are then plain broadcasts, which XLA CPU
+    vectorises (on a flat (g, c, P + kh*kw) axis it fuses them with index arithmetic
+    that it does not: ~3x slower on ViT-B's global blocks). On narrow grids (windows,
+    kw = 14) the flat (g, c, P + kh*kw) logits are faster.
     """
 
     num_prefix: int
     grid: Tuple[int, int]  # (kh, kw); (1, Tk) without a bias
     with_bias: bool
     split: bool
+    heads: int  # heads per step
     chunk: int  # queries per step
     num_chunks: int  # steps per head
 
 
-def _layout(tq, tk, grid, with_bias, num_prefix, query_chunk):
+def _layout(num_heads, tq, tk, grid, with_bias, num_prefix, query_chunk):
     """At most `query_chunk` queries and about `_STEP_LOGITS` logits a step, balanced
-    so that little padding is needed."""
+    so that little padding is needed. Where one step holds all of a head's queries
+    (ViT-B's 14x14 windows: 196), it takes as many heads as fit: per-step overhead,
+    not arithmetic, dominates steps of a few thousand logits."""
     limit = max(1, min(query_chunk, tq, _STEP_LOGITS // tk))
     num_chunks = -(-tq // limit)
+    chunk = -(-tq // num_chunks)
+    heads = 1
+    if num_chunks == 1:
+        most = max(1, min(num_heads, _STEP_LOGITS // (chunk * tk)))
+        heads = max(d for d in range(1, most + 1) if num_heads % d == 0)
     split = with_bias and grid[1] % 16 == 0
-    return _Layout(num_prefix, grid, with_bias, split, -(-tq // num_chunks), num_chunks)
+    return _Layout(num_prefix, grid, with_bias, split, heads, chunk, num_chunks)
 
 
 def _to_steps(x, layout):
-    """(G, Tq, D) -> (G, num_chunks, chunk, D), zero-padding Tq; None stays None."""
+    """(G, Tq, D) -> (G/heads, num_chunks, heads, chunk, D), zero-padding Tq; None stays None."""
     if x is None:
         return None
     steps = layout.num_chunks * layout.chunk
     x = jnp.pad(x, ((0, 0), (0, steps - x.shape[1]), (0, 0)))
-    return x.reshape(x.shape[0], layout.num_chunks, layout.chunk, x.shape[-1])
+    x = x.reshape(-1, layout.heads, layout.num_chunks, layout.chunk, x.shape[-1])
+    return x.transpose(0, 2, 1, 3, 4)
+
+
+def _from_steps(x, tq):
+    """Inverse of `_to_steps`: (G/heads, num_chunks, heads, chunk, D) -> (G, Tq, D)."""
+    groups, num_chunks, heads, chunk, d = x.shape
+    x = x.transpose(0, 2, 1, 3, 4).reshape(groups * heads, num_chunks * chunk, d)
+    return x[:, :tq]
 
 
 def _key_parts(x, layout):
-    """(G, Tk, H) -> the (prefix, rest) the steps multiply separately; prefix may be None."""
+    """(G, Tk, H) -> the (prefix, rest), each (G/heads, heads, keys, H), that the steps
+    multiply separately; prefix may be None."""
+    x = x.reshape(-1, layout.heads, *x.shape[1:])
     p = layout.num_prefix if layout.split else 0
-    return (x[:, :p] if p else None), x[:, p:]
+    return (x[:, :, :p] if p else None), x[:, :, p:]
+
+
+def _matmul(a, b):
+    """Per head: (g, m, k) @ (g, k, n) -> (g, m, n)."""
+    return jnp.einsum("gmk,gkn->gmn", a, b)
+
+
+def _matmul_t(a, b):
+    """Per head: (g, m, k) @ (g, n, k)^T -> (g, m, n)."""
+    return jnp.einsum("gmk,gnk->gmn", a, b)
 
 
 def _step_logits(q, k_prefix, k_rest, rel_h, rel_w, layout):
-    """float32 logits of one step: (prefix (c, P) or None, rest (c, kh, kw) or (c, 1, Tk))."""
+    """float32 logits of one step: (prefix (g, c, P) or None, rest (g, c, kh, kw) or (g, c, 1, Tk))."""
     stat = jnp.promote_types(q.dtype, jnp.float32)
-    rest = q @ k_rest.T
+    rest = _matmul_t(q, k_rest)
     if layout.split:
-        rest = rest.reshape(q.shape[0], *layout.grid) + rel_h[:, :, None] + rel_w[:, None, :]
+        rest = rest.reshape(*q.shape[:2], *layout.grid) + rel_h[..., None] + rel_w[..., None, :]
     else:
         if layout.with_bias:
             rest += _expand_bias(rel_h, rel_w, layout.num_prefix, rest.dtype)
-        rest = rest[:, None, :]
-    prefix = None if k_prefix is None else (q @ k_prefix.T).astype(stat)
+        rest = rest[:, :, None, :]
+    prefix = None if k_prefix is None else _matmul_t(q, k_prefix).astype(stat)
     return prefix, rest.astype(stat)
 
 
 def _row_reduce(fn, prefix, rest):
-    """Reduce each query's logits (prefix (c, P) or None, rest (c, x, y)) to (c,)."""
-    result = fn(rest[:, 0], axis=1) if rest.shape[1] == 1 else fn(rest, axis=(1, 2))
-    return result if prefix is None else fn(jnp.stack([fn(prefix, axis=1), result]), axis=0)
+    """Reduce each query's logits (prefix (g, c, P) or None, rest (g, c, x, y)) to (g, c)."""
+    result = fn(rest[:, :, 0], axis=2) if rest.shape[2] == 1 else fn(rest, axis=(2, 3))
+    return result if prefix is None else fn(jnp.stack([fn(prefix, axis=2), result]), axis=0)
 
 
 def _flash_forward(q, k, v, rel_h, rel_w, layout):
     """Output (G, Tq, H) and float32 logsumexp (G, Tq) of heads-first attention."""
-    heads, tq, h = q.shape
+    tq = q.shape[1]
 
-    def one_head(args):
-        q_h, k_prefix, k_rest, v_prefix, v_rest, rel_h_h, rel_w_h = args
+    def one_group(args):
+        q_g, k_prefix, k_rest, v_prefix, v_rest, rel_h_g, rel_w_g = args
 
         def one_step(step):
             q_s, rel_h_s, rel_w_s = step
             prefix, rest = _step_logits(q_s, k_prefix, k_rest, rel_h_s, rel_w_s, layout)
             # jax.nn.softmax's arithmetic, keeping the row max and sum for the backward.
             row_max = _row_reduce(jnp.max, prefix, rest)
-            rest = jnp.exp(rest - row_max[:, None, None])
+            rest = jnp.exp(rest - row_max[..., None, None])
             if prefix is not None:
-                prefix = jnp.exp(prefix - row_max[:, None])
+                prefix = jnp.exp(prefix - row_max[..., None])
             row_sum = _row_reduce(jnp.sum, prefix, rest)
-            probs = (rest / row_sum[:, None, None]).astype(v_rest.dtype)
-            out = probs.reshape(q_s.shape[0], -1) @ v_rest
+            probs = (rest / row_sum[..., None, None]).astype(v_rest.dtype)
+            out = _matmul(probs.reshape(*q_s.shape[:2], -1), v_rest)
             if prefix is not None:
-                out += (prefix / row_sum[:, None]).astype(v_prefix.dtype) @ v_prefix
-            return out, row_max + jnp.log(row_sum)
+                out += _matmul((prefix / row_sum[..., None]).astype(v_prefix.dtype), v_prefix)
+            return out, (row_max + jnp.log(row_sum))[..., None]
 
-        return jax.lax.map(one_step, (q_h, rel_h_h, rel_w_h))
+        return jax.lax.map(one_step, (q_g, rel_h_g, rel_w_g))
 
     steps = lambda x: _to_steps(x, layout)  # noqa: E731
     out, lse = jax.lax.map(
-        one_head,
+        one_group,
         (
             steps(q),
             *_key_parts(k, layout),
@@ -142,7 +173,7 @@ def _flash_forward(q, k, v, rel_h, rel_w, layout):
             steps(rel_w),
         ),
     )
-    return out.reshape(heads, -1, h)[:, :tq], lse.reshape(heads, -1)[:, :tq]
+    return _from_steps(out, tq), _from_steps(lse, tq)[..., 0]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
@@ -170,49 +201,54 @@ def _flash_attention_bwd(layout, residuals, d_out):
     delta = jnp.sum(d_out.astype(stat) * out.astype(stat), axis=-1)
     num_split = layout.num_prefix if layout.split else 0
 
-    def one_head(args):
-        q_h, d_out_h, stats_h, k_prefix, k_rest, v_prefix, v_rest, rel_h_h, rel_w_h = args
+    def one_group(args):
+        q_g, d_out_g, stats_g, k_prefix, k_rest, v_prefix, v_rest, rel_h_g, rel_w_g = args
 
         def one_step(acc, step):
             q_s, d_out_s, stats, rel_h_s, rel_w_s = step
             prefix, rest = _step_logits(q_s, k_prefix, k_rest, rel_h_s, rel_w_s, layout)
-            lse_s, delta_s = stats[:, 0], stats[:, 1]
-            probs = jnp.exp(rest - lse_s[:, None, None])
-            d_probs = (d_out_s @ v_rest.T).reshape(rest.shape).astype(stat)
-            d_logits = probs * (d_probs - delta_s[:, None, None])
-            probs, d_flat = probs.reshape(q_s.shape[0], -1), d_logits.reshape(q_s.shape[0], -1)
-            # dK^T and dV^T ((H, keys) = (chunk, H)^T @ (chunk, keys)): XLA CPU runs this
-            # form ~1.6x faster than (keys, H) = (chunk, keys)^T @ (chunk, H).
+            lse_s, delta_s = stats[..., 0], stats[..., 1]
+            probs = jnp.exp(rest - lse_s[..., None, None])
+            d_probs = _matmul_t(d_out_s, v_rest).reshape(rest.shape).astype(stat)
+            d_logits = probs * (d_probs - delta_s[..., None, None])
+            probs = probs.reshape(*q_s.shape[:2], -1)
+            d_flat = d_logits.reshape(*q_s.shape[:2], -1)
+            # dK^T and dV^T ((H, keys) = (chunk, H)^T @ (chunk, keys) per head): XLA CPU
+            # runs this form ~1.6x faster than (keys, H) = (chunk, keys)^T @ (chunk, H).
             # Prefix and other keys accumulate apart: updating slices of one (H, Tk)
             # carry costs a scatter-add per step.
             (d_kt_prefix, d_kt), (d_vt_prefix, d_vt) = acc
-            d_kt += q_s.T @ d_flat.astype(q.dtype)
-            d_vt += d_out_s.T @ probs.astype(d_out_s.dtype)
-            d_q = d_flat.astype(k.dtype) @ k_rest
+            d_kt += _matmul(q_s.swapaxes(1, 2), d_flat.astype(q.dtype))
+            d_vt += _matmul(d_out_s.swapaxes(1, 2), probs.astype(d_out_s.dtype))
+            d_q = _matmul(d_flat.astype(k.dtype), k_rest)
             if prefix is not None:
-                p_probs = jnp.exp(prefix - lse_s[:, None])
-                p_d = p_probs * ((d_out_s @ v_prefix.T).astype(stat) - delta_s[:, None])
-                d_kt_prefix += q_s.T @ p_d.astype(q.dtype)
-                d_vt_prefix += d_out_s.T @ p_probs.astype(d_out_s.dtype)
-                d_q += p_d.astype(k.dtype) @ k_prefix
+                p_probs = jnp.exp(prefix - lse_s[..., None])
+                p_d = p_probs * (_matmul_t(d_out_s, v_prefix).astype(stat) - delta_s[..., None])
+                d_kt_prefix += _matmul(q_s.swapaxes(1, 2), p_d.astype(q.dtype))
+                d_vt_prefix += _matmul(d_out_s.swapaxes(1, 2), p_probs.astype(d_out_s.dtype))
+                d_q += _matmul(p_d.astype(k.dtype), k_prefix)
             d_rel = (None, None)
             if layout.with_bias:
                 grid = d_logits
                 if not layout.split:
-                    grid = d_flat[:, layout.num_prefix :].reshape(-1, *layout.grid)
-                d_rel = (grid.sum(2).astype(rel_h.dtype), grid.sum(1).astype(rel_w.dtype))
+                    grid = d_flat[..., layout.num_prefix :].reshape(*q_s.shape[:2], *layout.grid)
+                d_rel = (grid.sum(3).astype(rel_h.dtype), grid.sum(2).astype(rel_w.dtype))
             return ((d_kt_prefix, d_kt), (d_vt_prefix, d_vt)), (d_q, *d_rel)
 
-        zeros = (jnp.zeros((h, num_split), stat), jnp.zeros((h, k.shape[1] - num_split), stat))
-        (d_kt, d_vt), per_step = jax.lax.scan(
-            one_step, (zeros, zeros), (q_h, d_out_h, stats_h, rel_h_h, rel_w_h)
+        g = layout.heads
+        zeros = (
+            jnp.zeros((g, h, num_split), stat),
+            jnp.zeros((g, h, k.shape[1] - num_split), stat),
         )
-        d_k = jnp.concatenate(d_kt, axis=1).astype(k.dtype)
-        return d_k, jnp.concatenate(d_vt, axis=1).astype(v.dtype), per_step
+        (d_kt, d_vt), per_step = jax.lax.scan(
+            one_step, (zeros, zeros), (q_g, d_out_g, stats_g, rel_h_g, rel_w_g)
+        )
+        d_k = jnp.concatenate(d_kt, axis=2).astype(k.dtype)
+        return d_k, jnp.concatenate(d_vt, axis=2).astype(v.dtype), per_step
 
     steps = lambda x: _to_steps(x, layout)  # noqa: E731
     d_kt, d_vt, (d_q, d_rel_h, d_rel_w) = jax.lax.map(
-        one_head,
+        one_group,
         (
             steps(q),
             steps(d_out),
@@ -224,13 +260,16 @@ def _flash_attention_bwd(layout, residuals, d_out):
         ),
     )
 
-    def unstep(x):  # (G, num_chunks, chunk, D) -> (G, Tq, D)
-        return None if x is None else x.reshape(heads, -1, x.shape[-1])[:, :tq]
+    def unstep(x):
+        return None if x is None else _from_steps(x, tq)
+
+    def keys_last_to_first(x):  # (G/heads, heads, H, Tk) -> (G, Tk, H)
+        return x.reshape(heads, h, -1).transpose(0, 2, 1)
 
     return (
         unstep(d_q),
-        d_kt.transpose(0, 2, 1),
-        d_vt.transpose(0, 2, 1),
+        keys_last_to_first(d_kt),
+        keys_last_to_first(d_vt),
         unstep(d_rel_h),
         unstep(d_rel_w),
     )
@@ -251,11 +290,11 @@ def _chunked_attention(q, k, v, rel_h, rel_w, num_prefix, query_chunk):
         return x.transpose(0, 2, 1, 3).reshape(b * n, x.shape[1], x.shape[3])
 
     if rel_h is None:  # without a bias, prefix keys are like any other key
-        layout = _layout(tq, tk, (1, tk), False, 0, query_chunk)
+        layout = _layout(b * n, tq, tk, (1, tk), False, 0, query_chunk)
         rel = (None, None)
     else:
         grid = (rel_h.shape[-1], rel_w.shape[-1])
-        layout = _layout(tq, tk, grid, True, num_prefix, query_chunk)
+        layout = _layout(b * n, tq, tk, grid, True, num_prefix, query_chunk)
         rel = (heads_first(rel_h), heads_first(rel_w))
     out = _flash_attention(heads_first(q), heads_first(k), heads_first(v), *rel, layout)
     return out.reshape(b, n, tq, h).transpose(0, 2, 1, 3)
