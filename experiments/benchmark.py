@@ -97,7 +97,7 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def machine_description() -> str:
+def machine_description(retained_memory: bool) -> str:
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -108,7 +108,9 @@ def machine_description() -> str:
     device = jax.devices()[0]
     return (
         f"{cpu}, {os.cpu_count()} cores, jax {jax.__version__} on {device.platform} "
-        f"({device.device_kind})"
+        f"({device.device_kind}); "
+        + ("freed host memory retained" if retained_memory else "default malloc")
+        + " (mopeft_jax.host_memory)"
     )
 
 
@@ -346,7 +348,7 @@ def main(argv=None) -> int:
         help="markdown file the table is appended to ('' to skip)",
     )
     args = parser.parse_args(argv)
-    retain_freed_memory()  # before the first computation; see mopeft_jax.host_memory
+    retained = retain_freed_memory()  # before the first computation; see mopeft_jax.host_memory
 
     if args.quick:
         config = SamConfig(
@@ -362,7 +364,7 @@ def main(argv=None) -> int:
         config = SamConfig.vit_b()
         title = "SAM ViT-B, 1024x1024, CPU inference"
     rows, efficiency, (config, params) = benchmark(config, args.repeats, args.prompts)
-    report = format_report(title, machine_description(), rows, efficiency)
+    report = format_report(title, machine_description(retained), rows, efficiency)
     if not args.no_train:
         report += "\n" + format_train_report(train_benchmark(config, params, args.repeats), 4)
     print(report)
