@@ -37,12 +37,6 @@ _CHUNK_THRESHOLD = 512 * 512
 # in 1024-query steps.
 _STEP_LOGITS = 256 * 4096
 
-# Most logits of a step that groups heads (where each head's queries fit one step).
-# Short sequences are the opposite case: the per-step work is small matmuls, and
-# one step over all 300 heads of ViT-B's windows (12M logits) needs no loop at all;
-# its train step (forward and backward) is ~20% faster than in 12 steps of 25 heads.
-_GROUP_LOGITS = 16 * 2**20
-
 
 def _expand_bias(rel_h, rel_w, num_prefix, dtype):
     """Decomposed bias (..., Tq, kh), (..., Tq, kw) -> (..., Tq, num_prefix + kh*kw)."""
@@ -76,14 +70,14 @@ class _Layout(NamedTuple):
 def _layout(num_heads, tq, tk, grid, with_bias, num_prefix, query_chunk):
     """At most `query_chunk` queries and about `_STEP_LOGITS` logits a step, balanced
     so that little padding is needed. Where one step holds all of a head's queries
-    (ViT-B's 14x14 windows: 196), it takes as many heads as `_GROUP_LOGITS` allows:
-    per-step overhead, not arithmetic, dominates steps of a few thousand logits."""
+    (ViT-B's 14x14 windows: 196), it takes as many heads as fit: per-step overhead,
+    not arithmetic, dominates steps of a few thousand logits."""
     limit = max(1, min(query_chunk, tq, _STEP_LOGITS // tk))
     num_chunks = -(-tq // limit)
     chunk = -(-tq // num_chunks)
     heads = 1
     if num_chunks == 1:
-        most = max(1, min(num_heads, _GROUP_LOGITS // (chunk * tk)))
+        most = max(1, min(num_heads, _STEP_LOGITS // (chunk * tk)))
         heads = max(d for d in range(1, most + 1) if num_heads % d == 0)
     split = with_bias and grid[1] % 16 == 0
     return _Layout(num_prefix, grid, with_bias, split, heads, chunk, num_chunks)

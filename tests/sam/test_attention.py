@@ -129,25 +129,22 @@ def test_gradients_match_plain_attention(implementation, chunk, grid, num_prefix
 
 
 def test_vit_b_steps():
-    """A global block of ViT-B walks one head in chunks of about 1M logits; its 14x14
-    windows (25 per image, 12 heads, 10 prefix keys) go in one step."""
+    """A global block of ViT-B walks one head in 1024-query chunks; its 14x14 windows
+    (25 per image, 12 heads, 10 prefix keys) go 25 heads of 196 queries a step."""
     global_block = attention._layout(12, 4096, 4106, (64, 64), True, 10, 1024)
     assert (global_block.heads, global_block.chunk, global_block.num_chunks) == (1, 241, 17)
     windows = attention._layout(300, 196, 206, (14, 14), True, 10, 1024)
-    assert (windows.heads, windows.chunk, windows.num_chunks) == (300, 196, 1)
+    assert (windows.heads, windows.chunk, windows.num_chunks) == (25, 196, 1)
 
 
 @pytest.mark.parametrize(
-    "step_logits, group_logits, heads, chunk, num_chunks",
-    # A small `_STEP_LOGITS` splits even a long `query_chunk` into several steps; a small
-    # `_GROUP_LOGITS` groups fewer heads than there are (6) into a step.
-    [(4 * 35, 2**20, 1, 4, 8), (2**20, 2 * 32 * 35, 2, 32, 1), (2**20, 5 * 32 * 35, 3, 32, 1)],
+    "step_logits, heads, chunk, num_chunks",
+    # A small `_STEP_LOGITS` splits even a long `query_chunk` into several steps, and
+    # groups fewer heads than there are (6) into a step.
+    [(4 * 35, 1, 4, 8), (2 * 32 * 35, 2, 32, 1)],
 )
-def test_steps_are_capped_by_logits_per_step(
-    monkeypatch, step_logits, group_logits, heads, chunk, num_chunks
-):
+def test_steps_are_capped_by_logits_per_step(monkeypatch, step_logits, heads, chunk, num_chunks):
     monkeypatch.setattr(attention, "_STEP_LOGITS", step_logits)
-    monkeypatch.setattr(attention, "_GROUP_LOGITS", group_logits)
     layout = attention._layout(6, 32, 35, (2, 16), True, 3, 1024)
     assert (layout.heads, layout.chunk, layout.num_chunks) == (heads, chunk, num_chunks)
     q, k, v, rel_h, rel_w = random_inputs((2, 16), 3, True)
