@@ -11,7 +11,8 @@ Measures, with the same (random) weights in both frameworks:
     matmul peak measured on the same machine;
   * one train step of MoPEFT and of full fine-tuning, each against the forward of the
     same loss, with peak memory, trainable parameters and optimizer-state bytes.
-Needs the `test` extra (torch and segment-anything) for the reference.
+The process keeps freed host memory (`mopeft_jax.host_memory.retain_freed_memory`), which
+both frameworks share. Needs the `test` extra (torch and segment-anything) for the reference.
 """
 
 from __future__ import annotations
