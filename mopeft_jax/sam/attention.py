@@ -70,8 +70,9 @@ class _Layout(NamedTuple):
 def _layout(num_heads, tq, tk, grid, with_bias, num_prefix, query_chunk):
     """At most `query_chunk` queries and about `_STEP_LOGITS` logits a step, balanced
     so that little padding is needed. Where one step holds all of a head's queries
-    (ViT-B's 14x14 windows: 196), it takes as many heads as fit: per-step overhead,
-    not arithmetic, dominates steps of a few thousand logits."""
+    (ViT-B's 14x14 windows: 196), it takes as many heads as fit, the most that divide
+    the number of heads: per-step overhead, not arithmetic, dominates steps of a few
+    thousand logits."""
     limit = max(1, min(query_chunk, tq, _STEP_LOGITS // tk))
     num_chunks = -(-tq // limit)
     chunk = -(-tq // num_chunks)
