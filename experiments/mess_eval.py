@@ -26,6 +26,7 @@ benchmark means (PAXRay-4 is the mean of its four binary datasets and counts as 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
@@ -122,16 +123,11 @@ class CompiledFunctions(NamedTuple):
     decode: Dict[str, Callable]
 
 
-# Keyed by the model (a frozen dataclass, equal for equal configs): the jitted closures take the
+# Cached per model (a frozen dataclass, equal for equal configs): the jitted closures take the
 # params as an argument, so one compilation serves every checkpoint of the same architecture.
-_COMPILED: Dict[Any, CompiledFunctions] = {}
-
-
+@functools.lru_cache(maxsize=8)
 def compiled_functions(model: Sam) -> CompiledFunctions:
     """The (cached) jitted encoder and decoders of ``model``."""
-    cached = _COMPILED.get(model)
-    if cached is not None:
-        return cached
 
     def encode(params, image):
         return model.apply({"params": params}, image[None], method=Sam.encode_image)
@@ -156,12 +152,10 @@ def compiled_functions(model: Sam) -> CompiledFunctions:
         )
         return masks[:, 0]
 
-    compiled = CompiledFunctions(
+    return CompiledFunctions(
         encode=jax.jit(encode),
         decode={"box": jax.jit(decode_boxes), "point": jax.jit(decode_points)},
     )
-    _COMPILED[model] = compiled
-    return compiled
 
 
 # The sizes are static: one compilation per (prompt count, input size, label size); the prompt

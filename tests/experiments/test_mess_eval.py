@@ -131,15 +131,17 @@ class StandInDecoder:
 
 @pytest.fixture
 def stand_in(monkeypatch):
-    """Installs a stand-in decoder (on a fresh cache of jitted functions)."""
+    """Installs a stand-in decoder, on a cache of jitted functions emptied before and after
+    (functions traced with the stand-in must not serve later tests)."""
 
     def install(recorder, draw):
         decoder = StandInDecoder(recorder, draw)
-        monkeypatch.setattr(mess_eval, "_COMPILED", {})
+        mess_eval.compiled_functions.cache_clear()
         monkeypatch.setattr(Sam, "decode", decoder)
         return decoder
 
-    return install
+    yield install
+    mess_eval.compiled_functions.cache_clear()
 
 
 def _oracle_draw(label_in, prompt, size):
