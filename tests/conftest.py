@@ -12,8 +12,6 @@ import types
 
 import jax
 
-from mopeft_jax.host_memory import retain_freed_memory
-
 
 def _register_torchvision_stub():
     def unavailable(*args, **kwargs):
@@ -39,7 +37,3 @@ if importlib.util.find_spec("torchvision") is None:
 
 # Parity is checked in float32 at full precision.
 jax.config.update("jax_default_matmul_precision", "highest")
-
-# Many XLA programs with large temporaries run in this one process: keep freed host memory
-# rather than page-fault it in again for each (see mopeft_jax.host_memory).
-retain_freed_memory()
