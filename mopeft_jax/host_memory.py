@@ -1,11 +1,12 @@
 """Keep freed host memory in the process, so XLA CPU does not page-fault it in again.
 
 XLA's CPU runtime takes the temporaries of every execution from `malloc` and frees
-them at its end. glibc serves blocks above 32 MB with fresh `mmap`s, hands them back
-on `free`, and trims its heaps, so every ViT-B train step touches its ~5 GB of
-temporaries as new pages: about 1.3 million page faults a step, which the kernel
-zero-fills on the two cores the step runs on (about 20% of its wall time; 0.5 s of a
-3.5 s forward). Keeping freed memory for reuse removes all of it.
+them at its end. glibc serves blocks above its mmap threshold (at most 32 MB) with
+fresh `mmap`s, hands them back on `free`, trims its heaps and deletes idle
+thread-arena heaps, so every ViT-B train step touches its ~5 GB of temporaries as new
+pages: about 1.3 million page faults a step, which the kernel zero-fills on the two
+cores the step runs on (about 20% of its wall time; 0.5 s of a 3.5 s forward).
+Keeping freed memory for reuse removes all of it.
 
 The price is that the process keeps its peak host memory until it exits, which is
 what a training or evaluation process wants anyway.

@@ -196,7 +196,7 @@ def _flash_attention_fwd(q, k, v, rel_h, rel_w, layout):
 
 def _flash_attention_bwd(layout, residuals, d_out):
     q, k, v, rel_h, rel_w, out, lse = residuals
-    heads, tq, h = q.shape
+    num_heads, tq, h = q.shape  # all heads (G); `layout.heads` of them go in a step
     stat = jnp.promote_types(q.dtype, jnp.float32)
     # rowsum(dO * O) = rowsum(P * dP), the per-row term of the softmax backward.
     delta = jnp.sum(d_out.astype(stat) * out.astype(stat), axis=-1)
@@ -265,7 +265,7 @@ def _flash_attention_bwd(layout, residuals, d_out):
         return None if x is None else _from_steps(x, tq)
 
     def keys_last_to_first(x):  # (G/heads, heads, H, Tk) -> (G, Tk, H)
-        return x.reshape(heads, h, -1).transpose(0, 2, 1)
+        return x.reshape(num_heads, h, -1).transpose(0, 2, 1)
 
     return (
         unstep(d_q),
