@@ -11,8 +11,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mopeft_jax.row_dense import RowDense
-
 Dtype = Any
 
 # PyTorch's nn.Linear init, kaiming_uniform(a=sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
@@ -28,14 +26,14 @@ class LoRA(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = RowDense(
+        x = nn.Dense(
             self.rank,
             use_bias=False,
             kernel_init=torch_linear_init,
             dtype=self.dtype,
             name="lora_a",
         )(x)
-        return RowDense(
+        return nn.Dense(
             self.features,
             use_bias=False,
             kernel_init=nn.initializers.zeros,
@@ -61,9 +59,9 @@ class Bottleneck(nn.Module):
         act = {"relu": nn.relu, "gelu": lambda v: nn.gelu(v, approximate=False)}[self.activation]
         up_init = nn.initializers.zeros if self.zero_init else nn.initializers.normal(0.02)
         h = act(
-            RowDense(self.width, kernel_init=torch_linear_init, dtype=self.dtype, name="down")(x)
+            nn.Dense(self.width, kernel_init=torch_linear_init, dtype=self.dtype, name="down")(x)
         )
-        return RowDense(x.shape[-1], kernel_init=up_init, dtype=self.dtype, name="up")(h)
+        return nn.Dense(x.shape[-1], kernel_init=up_init, dtype=self.dtype, name="up")(h)
 
 
 class PrefixEncoder(nn.Module):
