@@ -7,8 +7,8 @@ Measures, with the same (random) weights in both frameworks:
   * the image encoder on one image (batch 1, float32), runs of the two interleaved;
     the JAX compile time is reported apart;
   * the prompt encoder + mask decoder for 100 box prompts against one image embedding;
-  * the encoder's FLOPs (XLA cost analysis) and the achieved FLOP/s, against a float32
-    matmul peak measured on the same machine;
+  * the encoder's FLOPs (XLA cost analysis, see `xla_flops`) and the achieved FLOP/s,
+    against a float32 matmul peak measured on the same machine;
   * one train step of MoPEFT and of full fine-tuning, each against the forward of the
     same loss, with peak memory, trainable parameters and optimizer-state bytes, and the
     ratio of their FLOPs, the arithmetic floor of the time ratio.
@@ -93,6 +93,18 @@ def matmul_peak_flops(n: int = 4096, repeats: int = 3) -> float:
     return 2 * n**3 / best
 
 
+def xla_flops(fn, *args) -> float:
+    """FLOPs of `fn(*args)` by XLA's cost analysis.
+
+    The analysis counts a loop body once, so callers pass models with XLA's attention
+    (`SamConfig.attention = "xla"`), which has no loops; the chunked kernel does the
+    same matmuls in loops (and, in a backward, recomputes the logits).
+    """
+    cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost["flops"])
+
+
 def _timed(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -134,9 +146,10 @@ def benchmark(config: SamConfig, repeats: int, num_prompts: int):
     start = time.perf_counter()
     compiled_encode = encode.lower(variables, image).compile()
     compile_s = time.perf_counter() - start
-    cost = compiled_encode.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    encoder_flops = float(cost.get("flops", float("nan")))
+    counted = Sam(config.replace(attention="xla"))
+    encoder_flops = xla_flops(
+        functools.partial(counted.apply, method=Sam.encode_image), variables, image
+    )
 
     def jax_encode():
         return compiled_encode(variables, image).block_until_ready()
@@ -219,9 +232,6 @@ def train_benchmark(
             trainable, frozen, batch, model, LossConfig()
         )[0]
 
-    def flops(fn, *args) -> float:
-        return float(jax.jit(fn).lower(*args).compile().cost_analysis()["flops"])
-
     batch = _train_batch(config, num_prompts)
     rows = []
     for method in methods:
@@ -238,13 +248,10 @@ def train_benchmark(
         step = jax.jit(make_train_step(model, optimizer)).lower(state, frozen, batch).compile()
         compile_s = time.perf_counter() - start
         forward = jax.jit(forward_loss(model)).lower(trainable, frozen, batch).compile()
-        # XLA's cost analysis counts a loop body once, so the FLOPs are those of the same
-        # step with XLA's attention (no loops). Its backward reuses stored probabilities;
-        # the chunked kernel's recomputes the logits, which adds a little more.
         counted = Sam(model.config.replace(attention="xla"))
-        flop_ratio = flops(make_train_step(counted, optimizer), state, frozen, batch) / flops(
-            forward_loss(counted), trainable, frozen, batch
-        )
+        flop_ratio = xla_flops(
+            make_train_step(counted, optimizer), state, frozen, batch
+        ) / xla_flops(forward_loss(counted), trainable, frozen, batch)
         memory = step.memory_analysis()
         peak = (
             memory.temp_size_in_bytes + memory.argument_size_in_bytes + memory.output_size_in_bytes
