@@ -11,7 +11,7 @@ The frozen SAM weights are never written: they are not part of `TrainState` and 
 back from the pretrained checkpoint when a run resumes, so a checkpoint costs only the
 PEFT parameters and their optimizer state.
 
-Saves are atomic: orbax writes a step into `<step>.orbax-checkpoint-tmp-*` and renames
+Saves are atomic: orbax writes a step into `<step>.orbax-checkpoint-tmp*` and renames
 it to `<step>` only once every item is on disk, and only renamed step directories are
 ever listed, so a save interrupted at any point (even by SIGKILL) is never restored;
 the previous complete checkpoint stays the latest. Saves are asynchronous by default:
@@ -34,6 +34,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import os
+import shutil
 from typing import Any, Mapping, NamedTuple, Optional
 
 import jax
@@ -88,6 +89,22 @@ def abstract_like(tree: Any) -> Any:
     return jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, tree)
 
 
+def _remove_uncommitted_saves(directory: str) -> None:
+    """Deletes the `<step>.orbax-checkpoint-tmp*` directories of saves never committed.
+
+    They are never listed as steps, so this only stops them piling up. Orbax's own
+    `cleanup_tmp_directories` does it in the background and awaits it only at the next
+    save, so a directory listed right after opening could still hold them; this is done
+    before the constructor returns. Only the primary process deletes (every process
+    sees the same directory).
+    """
+    if jax.process_index() != 0 or not os.path.isdir(directory):
+        return
+    for name in os.listdir(directory):
+        if ocp.utils.TMP_DIR_SUFFIX in name:
+            shutil.rmtree(os.path.join(directory, name))
+
+
 class TrainCheckpointer:
     """Saves and restores `TrainState` + data iterator state + JSON metadata with orbax.
 
@@ -114,10 +131,8 @@ class TrainCheckpointer:
             preservation_policy=checkpoint_managers.LatestN(n=max_to_keep),
             enable_async_checkpointing=async_save,
             create=True,
-            # A save killed mid-write leaves a `*.orbax-checkpoint-tmp-*` directory that is
-            # never listed as a step; clearing them on start stops them piling up.
-            cleanup_tmp_directories=True,
         )
+        _remove_uncommitted_saves(self.directory)
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=options,
