@@ -158,7 +158,9 @@ def setup(config: ml_collections.ConfigDict, params: Any = None, abstract: bool 
         grad_clip_norm=config.optimizer.grad_clip_norm or None,
     )
     optimizer = partition.make_optimizer(optimizer_config, partition.split(labels, labels)[0])
-    loss_config = LossConfig(prompt=config.loss.prompt, multimask=config.loss.multimask)
+    loss_config = LossConfig(
+        prompt=config.loss.prompt, multimask=config.loss.multimask, output=config.loss.output
+    )
     create = functools.partial(TrainState.create, optimizer=optimizer)
     state = jax.eval_shape(create, trainable) if abstract else create(trainable)
     return Setup(model, optimizer_config, optimizer, state, frozen, loss_config)

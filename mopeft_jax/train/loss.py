@@ -9,15 +9,15 @@ Pure ``jax.numpy`` functions, safe under ``jax.jit`` and ``jax.grad``. Mask tens
 * :func:`dice_loss`: soft dice with +1 smoothing in numerator and denominator.
 * :func:`mask_iou`: IoU of the binarised prediction, a training target (no gradient).
 * :func:`sam_loss`: the per-prompt loss of the SAM paper: ``20 * focal + 1 * dice`` on the best of
-  the multimask outputs plus the MSE between the predicted and the measured IoU of that output,
-  averaged over the valid (non-padding) prompts.
+  the multimask outputs (or on one fixed output) plus the MSE between the predicted and the
+  measured IoU of that output, averaged over the valid (non-padding) prompts.
 
 Losses are computed in at least float32, whatever the dtype of the logits (bf16 compute).
 """
 
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -129,13 +129,15 @@ def sam_loss(
     dice_weight=1.0,
     iou_weight=1.0,
     multimask: bool = True,
+    output: Optional[int] = None,
 ) -> Tuple[jax.Array, Dict[str, jax.Array]]:
     """SAM's training loss for B images x P prompts, averaged over the valid prompts.
 
     For each prompt and output m: ``mask_loss[m] = focal_weight * focal + dice_weight * dice``.
     As in the SAM paper, of the M outputs of a prompt only the one with the lowest mask loss is
     back-propagated (the choice itself carries no gradient; ties go to the first); with M == 1
-    that output. The IoU head is trained on the chosen output only, with the squared error
+    that output. With ``output=k`` every prompt trains its output ``k`` instead, e.g. the one an
+    evaluation reads (MESS reads the first multimask output). The IoU head is trained on the chosen output only, with the squared error
     between its ``iou_pred`` and the measured :func:`mask_iou` of that output. Per prompt::
 
         loss = mask_loss[chosen] + iou_weight * (iou_pred[chosen] - mask_iou[chosen]) ** 2
@@ -152,6 +154,8 @@ def sam_loss(
       valid: (B, P) bool, True for real prompts.
       focal_weight, dice_weight, iou_weight: loss weights (SAM: 20, 1, 1).
       multimask: whether the decoder returned several outputs per prompt; if False, M must be 1.
+      output: None to train the best of the M outputs of each prompt; an index in [0, M) to
+        train that output of every prompt.
 
     Returns:
       ``(loss, metrics)``: the scalar loss and a dict of scalars, each a mean over the valid
@@ -173,6 +177,8 @@ def sam_loss(
         raise ValueError(f"valid must be {(b, p)}, got shape {valid.shape}")
     if not multimask and m != 1:
         raise ValueError(f"multimask=False expects one output per prompt, got M={m}")
+    if output is not None and not 0 <= output < m:
+        raise ValueError(f"output={output} is not one of the M={m} outputs per prompt")
 
     dtype = jnp.promote_types(mask_logits.dtype, jnp.float32)
     # Zeroing padding prompts first (rather than only masking their loss) keeps NaN/inf there out
@@ -187,7 +193,10 @@ def sam_loss(
     measured_iou = mask_iou(mask_logits, targets)  # (B, P, M)
     mask_loss = focal_weight * focal + dice_weight * dice
 
-    chosen = jnp.argmin(jax.lax.stop_gradient(mask_loss), axis=-1)[..., None]  # (B, P, 1)
+    if output is None:
+        chosen = jnp.argmin(jax.lax.stop_gradient(mask_loss), axis=-1)[..., None]  # (B, P, 1)
+    else:
+        chosen = jnp.full((b, p, 1), output)
 
     def pick(x):
         # Gather of the chosen output: the backward pass sends zero to the other outputs.

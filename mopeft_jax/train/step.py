@@ -12,7 +12,7 @@ A batch is a dict of arrays:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import flax
 import jax
@@ -36,11 +36,14 @@ class LossConfig:
       prompt: "box" or "point": which prompt of the batch the decoder gets.
       multimask: decode the three ambiguity-aware masks and train the best one (SAM);
         else the single-mask output.
+      output: with `multimask`, train this one of the three outputs for every prompt instead
+        of the best (0: the output the MESS evaluation reads); None for the best.
       focal_weight, dice_weight, iou_weight: 20 : 1 : 1 as in SAM.
     """
 
     prompt: str = "box"
     multimask: bool = True
+    output: Optional[int] = None
     focal_weight: float = 20.0
     dice_weight: float = 1.0
     iou_weight: float = 1.0
@@ -109,6 +112,7 @@ def loss_and_metrics(
         dice_weight=loss_config.dice_weight,
         iou_weight=loss_config.iou_weight,
         multimask=loss_config.multimask,
+        output=loss_config.output,
     )
     metrics = dict(metrics, loss=loss)
     metrics.update({f"gate/{name}": value.mean() for name, value in gates.items()})

@@ -23,9 +23,10 @@ DICE = jax.jit(dice_loss)
 DICE_VALUE_AND_GRAD = jax.jit(jax.value_and_grad(lambda x, t: dice_loss(x, t).sum()))
 MASK_IOU = jax.jit(mask_iou)
 MASK_IOU_GRAD = jax.jit(jax.grad(lambda x, t: mask_iou(x, t).sum()))
-SAM_LOSS = jax.jit(sam_loss, static_argnames="multimask")
+SAM_LOSS = jax.jit(sam_loss, static_argnames=("multimask", "output"))
 SAM_VALUE_AND_GRAD = jax.jit(
-    jax.value_and_grad(sam_loss, argnums=(0, 1), has_aux=True), static_argnames="multimask"
+    jax.value_and_grad(sam_loss, argnums=(0, 1), has_aux=True),
+    static_argnames=("multimask", "output"),
 )
 
 
@@ -245,6 +246,25 @@ def test_sam_loss_choice_is_per_prompt():
         + reference_prompt_loss(logits[0, 1, 1], iou_pred[0, 1, 1], gt[0, 1])
     ) / 2
     np.testing.assert_allclose(loss, expected, rtol=1e-5)
+
+
+def test_sam_loss_trains_the_output_it_is_given_not_the_best():
+    logits, iou_pred, gt = multimask_case(seed=8, best=2)
+    valid = np.ones(gt.shape[:2], bool)
+    (loss, _), (g_logits, g_iou) = SAM_VALUE_AND_GRAD(logits, iou_pred, gt, valid, output=0)
+    expected = np.mean(
+        [
+            reference_prompt_loss(logits[i, j, 0], iou_pred[i, j, 0], gt[i, j])
+            for i in range(2)
+            for j in range(3)
+        ]
+    )
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+    np.testing.assert_array_equal(np.asarray(g_logits)[:, :, 1:], 0.0)
+    np.testing.assert_array_equal(np.asarray(g_iou)[:, :, 1:], 0.0)
+    assert np.all(np.abs(np.asarray(g_logits)[:, :, 0]).sum(axis=(-2, -1)) > 0)
+    with pytest.raises(ValueError, match=r"output=3 is not one of the M=3 outputs per prompt"):
+        SAM_LOSS(logits, iou_pred, gt, valid, output=3)
 
 
 def test_sam_loss_single_mask_and_weights():
