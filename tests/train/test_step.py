@@ -8,7 +8,9 @@ import pytest
 from tiny_setup import tiny_batch, tiny_setup
 
 from mopeft_jax.peft import preset
-from mopeft_jax.train.step import LossConfig, TrainState, make_train_step
+from mopeft_jax.train.loss import sam_loss
+from mopeft_jax.train.partition import merge
+from mopeft_jax.train.step import LossConfig, TrainState, make_train_step, predict_masks
 
 PRESETS = [
     "lora",
@@ -58,6 +60,19 @@ def test_frozen_stay_bit_identical_and_every_trainable_moves(name, prompt):
     assert all(jax.tree_util.tree_leaves(moved))
     assert int(state.step) == 3
     assert any(k.startswith("gate/blocks_0/") for k in metrics)
+
+
+@pytest.mark.parametrize("output", [None, 1])
+def test_step_trains_the_configured_output(output):
+    model, trainable, frozen, optimizer = tiny_setup(preset("mopeft"))
+    loss_config = LossConfig(output=output)
+    batch = tiny_batch()
+    _, metrics = jax.jit(make_train_step(model, optimizer, loss_config))(
+        TrainState.create(trainable, optimizer), frozen, batch
+    )
+    masks, iou, _ = predict_masks(model, merge(trainable, frozen), batch, loss_config)
+    expected, _ = sam_loss(masks, iou, batch["masks"], batch["valid"], output=output)
+    np.testing.assert_allclose(metrics["loss"], expected, rtol=1e-5)
 
 
 @functools.lru_cache(maxsize=None)
