@@ -11,6 +11,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mopeft_jax.row_dense import RowDense
+
 Dtype = Any
 
 # PyTorch's nn.Linear init, kaiming_uniform(a=sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
@@ -26,14 +28,14 @@ class LoRA(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = nn.Dense(
+        x = RowDense(
             self.rank,
             use_bias=False,
             kernel_init=torch_linear_init,
             dtype=self.dtype,
             name="lora_a",
         )(x)
-        return nn.Dense(
+        return RowDense(
             self.features,
             use_bias=False,
             kernel_init=nn.initializers.zeros,
@@ -59,9 +61,9 @@ class Bottleneck(nn.Module):
         act = {"relu": nn.relu, "gelu": lambda v: nn.gelu(v, approximate=False)}[self.activation]
         up_init = nn.initializers.zeros if self.zero_init else nn.initializers.normal(0.02)
         h = act(
-            nn.Dense(self.width, kernel_init=torch_linear_init, dtype=self.dtype, name="down")(x)
+            RowDense(self.width, kernel_init=torch_linear_init, dtype=self.dtype, name="down")(x)
         )
-        return nn.Dense(x.shape[-1], kernel_init=up_init, dtype=self.dtype, name="up")(h)
+        return RowDense(x.shape[-1], kernel_init=up_init, dtype=self.dtype, name="up")(h)
 
 
 class PrefixEncoder(nn.Module):

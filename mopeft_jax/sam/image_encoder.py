@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from mopeft_jax.peft.config import PeftConfig
 from mopeft_jax.peft.gates import Gate, Router, block_gate_names
 from mopeft_jax.peft.layers import Bottleneck, LoRA, PrefixEncoder
+from mopeft_jax.row_dense import RowDense
 from mopeft_jax.sam import attention as attention_lib
 from mopeft_jax.sam.config import SamConfig
 from mopeft_jax.sam.layers import MLPBlock, layer_norm, layer_norm_2d
@@ -82,7 +83,7 @@ class Attention(nn.Module):
         b, h, w, c = x.shape
         head_dim = c // self.num_heads
         dtype = jnp.dtype(self.config.dtype)
-        qkv = nn.Dense(3 * c, dtype=dtype, name="qkv")(x)
+        qkv = RowDense(3 * c, dtype=dtype, name="qkv")(x)
         qkv = qkv.reshape(b, h * w, 3, self.num_heads, head_dim)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, T, N, hd)
         if qv_delta is not None:
@@ -120,7 +121,7 @@ class Attention(nn.Module):
             query_chunk=self.config.attention_query_chunk,
         )
         out = out.reshape(b, h, w, c)
-        return nn.Dense(c, dtype=dtype, name="proj")(out)
+        return RowDense(c, dtype=dtype, name="proj")(out)
 
 
 class Block(nn.Module):

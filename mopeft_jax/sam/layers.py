@@ -8,6 +8,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mopeft_jax.row_dense import RowDense
+
 Dtype = Any
 
 
@@ -61,8 +63,8 @@ class MLPBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         features = x.shape[-1]
-        x = self.act(nn.Dense(self.mlp_dim, dtype=self.dtype, name="lin1")(x))
-        return nn.Dense(features, dtype=self.dtype, name="lin2")(x)
+        x = self.act(RowDense(self.mlp_dim, dtype=self.dtype, name="lin1")(x))
+        return RowDense(features, dtype=self.dtype, name="lin2")(x)
 
 
 class MLP(nn.Module):
@@ -77,7 +79,7 @@ class MLP(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         for i in range(self.num_layers):
             last = i == self.num_layers - 1
-            x = nn.Dense(
+            x = RowDense(
                 self.output_dim if last else self.hidden_dim, dtype=self.dtype, name=f"layers_{i}"
             )(x)
             if not last:

@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mopeft_jax.row_dense import RowDense
 from mopeft_jax.sam import attention as attention_lib
 from mopeft_jax.sam.config import SamConfig
 from mopeft_jax.sam.layers import MLPBlock, layer_norm
@@ -27,9 +28,9 @@ class Attention(nn.Module):
         internal = dim // self.downsample_rate
         dtype = jnp.dtype(self.config.dtype)
         split = lambda x: x.reshape(*x.shape[:2], self.num_heads, -1)  # noqa: E731
-        q = split(nn.Dense(internal, dtype=dtype, name="q_proj")(q))
-        k = split(nn.Dense(internal, dtype=dtype, name="k_proj")(k))
-        v = split(nn.Dense(internal, dtype=dtype, name="v_proj")(v))
+        q = split(RowDense(internal, dtype=dtype, name="q_proj")(q))
+        k = split(RowDense(internal, dtype=dtype, name="k_proj")(k))
+        v = split(RowDense(internal, dtype=dtype, name="v_proj")(v))
         out = attention_lib.dot_product_attention(
             q,
             k,
@@ -39,7 +40,7 @@ class Attention(nn.Module):
             query_chunk=self.config.attention_query_chunk,
         )
         out = out.reshape(*out.shape[:2], internal)
-        return nn.Dense(dim, dtype=dtype, name="out_proj")(out)
+        return RowDense(dim, dtype=dtype, name="out_proj")(out)
 
 
 class TwoWayAttentionBlock(nn.Module):
