@@ -84,8 +84,10 @@ class Attention(nn.Module):
         head_dim = c // self.num_heads
         dtype = jnp.dtype(self.config.dtype)
         qkv = RowDense(3 * c, dtype=dtype, name="qkv")(x)
-        qkv = qkv.reshape(b, h * w, 3, self.num_heads, head_dim)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, T, N, hd)
+        # A split's gradient is one concatenation; three slices' would be padded and summed.
+        q, k, v = (
+            t.reshape(b, h * w, self.num_heads, head_dim) for t in jnp.split(qkv, 3, axis=-1)
+        )  # (B, T, N, hd)
         if qv_delta is not None:
             q_delta, v_delta = (d.reshape(q.shape).astype(q.dtype) for d in qv_delta)
             q, v = q + q_delta, v + v_delta
