@@ -137,8 +137,9 @@ def sam_loss(
     As in the SAM paper, of the M outputs of a prompt only the one with the lowest mask loss is
     back-propagated (the choice itself carries no gradient; ties go to the first); with M == 1
     that output. With ``output=k`` every prompt trains its output ``k`` instead, e.g. the one an
-    evaluation reads (MESS reads the first multimask output). The IoU head is trained on the chosen output only, with the squared error
-    between its ``iou_pred`` and the measured :func:`mask_iou` of that output. Per prompt::
+    evaluation reads (MESS reads the first multimask output). The IoU head is trained on the
+    chosen output only, with the squared error between its ``iou_pred`` and the measured
+    :func:`mask_iou` of that output. Per prompt::
 
         loss = mask_loss[chosen] + iou_weight * (iou_pred[chosen] - mask_iou[chosen]) ** 2
 
