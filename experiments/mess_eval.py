@@ -36,7 +36,6 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from mopeft_jax.data.pipeline import resize_image, to_rgb
 from mopeft_jax.evaluation import (
     PROMPT_KINDS,
     confusion_matrix,
@@ -47,6 +46,7 @@ from mopeft_jax.evaluation import (
     resize_label_longest_side,
     semantic_map,
 )
+from mopeft_jax.preprocessing import resize_image, to_rgb
 from mopeft_jax.sam.model import Sam
 from mopeft_jax.sam.transforms import normalize_and_pad, postprocess_masks, preprocess_shape
 

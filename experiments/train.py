@@ -25,7 +25,6 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from experiments.configs.common import TINY_SAM
 from mopeft_jax import Sam, SamConfig, load_pretrained
 from mopeft_jax.data import DOMAINS, SyntheticSegmentation
 from mopeft_jax.data.pipeline import PipelineConfig, make_dataset
@@ -68,10 +67,13 @@ def sam_config(config: ml_collections.ConfigDict):
     if config.checkpoint:
         base, params = load_pretrained(config.checkpoint)
         return base.replace(peft=peft, **numerics), params
-    sizes = {"vit_b": SamConfig.vit_b, "vit_l": SamConfig.vit_l, "vit_h": SamConfig.vit_h}
-    if config.model == "tiny":
-        base = SamConfig(**TINY_SAM)
-    elif config.model in sizes:
+    sizes = {
+        "tiny": SamConfig.tiny,
+        "vit_b": SamConfig.vit_b,
+        "vit_l": SamConfig.vit_l,
+        "vit_h": SamConfig.vit_h,
+    }
+    if config.model in sizes:
         base = sizes[config.model]()
     else:
         raise ValueError(f"Unknown model {config.model!r}: use tiny, vit_b, vit_l or vit_h.")

@@ -11,23 +11,6 @@ from __future__ import annotations
 
 import ml_collections
 
-# A SAM small enough to pretrain and adapt on a laptop CPU in minutes.
-TINY_SAM = dict(
-    encoder_embed_dim=96,
-    encoder_depth=4,
-    encoder_num_heads=3,
-    encoder_global_attn_indexes=(1, 3),
-    image_size=128,
-    patch_size=8,
-    window_size=4,
-    prompt_embed_dim=64,
-    mask_in_chans=8,
-    decoder_depth=2,
-    decoder_mlp_dim=256,
-    decoder_num_heads=4,
-    iou_head_hidden_dim=64,
-)
-
 
 def base_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()

@@ -39,15 +39,22 @@ from etils import epath
 from PIL import Image
 from tensorflow_datasets.core import utils as tfds_utils
 
-from mopeft_jax.data.mess.base import (
-    IGNORE_LABEL,
-    ManualDataError,
-    Pair,
-    encode_example,
-    features,
-)
+from mopeft_jax.data.mess.base import ManualDataError, Pair, encode_example, features
+from mopeft_jax.data.registry import DatasetInfo
+from mopeft_jax.segments import IGNORE_LABEL
 
-__all__ = ["FolderConfig", "FolderSegmentation", "build_folder", "data_source", "scan_folder"]
+__all__ = [
+    "DOMAIN",
+    "FolderConfig",
+    "FolderSegmentation",
+    "build_folder",
+    "data_source",
+    "dataset_info",
+    "scan_folder",
+]
+
+DOMAIN = "Folder"
+"""The domain folder datasets are reported under."""
 
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 _CLASSES_FILE = "classes.txt"
@@ -253,6 +260,38 @@ def build_folder(
     builder = FolderSegmentation(config=config, data_dir=data_dir, file_format="array_record")
     builder.download_and_prepare()
     return builder
+
+
+def _prepared(name: str, data_dir) -> tfds.core.DatasetBuilder:
+    """The builder of a dataset prepared by :func:`build_folder`, or FileNotFoundError."""
+    try:
+        return tfds.builder(f"folder_segmentation/{name}", data_dir=data_dir)
+    except (tfds.core.registered.DatasetNotFoundError, ValueError, AssertionError) as error:
+        raise FileNotFoundError(
+            f"folder:{name} is not prepared in {data_dir or 'the default tfds data dir'} ({error}); "
+            f"prepare it with mopeft_jax.data.folder.build_folder(<your folder>, name={name!r}, "
+            "data_dir=...)"
+        ) from None
+
+
+def dataset_info(name: str, data_dir: Optional[Union[str, os.PathLike]] = None) -> DatasetInfo:
+    """The :class:`~mopeft_jax.data.registry.DatasetInfo` of a dataset prepared by :func:`build_folder`.
+
+    Its evaluation split is ``val`` if the folder has one, else ``test``, else ``train``.
+    """
+    info = _prepared(name, data_dir).info
+    splits = set(info.splits)
+    eval_split = next((s for s in ("val", "test") if s in splits), "train")
+    metadata = info.metadata
+    return DatasetInfo(
+        name,
+        DOMAIN,
+        tuple(metadata["classes"]),
+        metadata.get("background_class"),
+        metadata.get("ignore_label", IGNORE_LABEL),
+        eval_split,
+        info.description,
+    )
 
 
 def data_source(name: str, split: str, data_dir: Optional[Union[str, os.PathLike]] = None):

@@ -4,11 +4,9 @@ One example ``{"image": (H, W, C) uint8, "label": (H, W) int, ...}`` of a random
 (:class:`mopeft_jax.data.synthetic.SyntheticSegmentation`, a tfds ``data_source``, ...) becomes,
 through :func:`preprocess_example` (pure numpy and PIL):
 
-``image``    (S, S, 3) float32: SAM's pre-processing (SPEC section 2). The image is resized with
-             PIL's bilinear filter so that its longest side is S, which is exactly what
-             ``segment_anything``'s ``ResizeLongestSide.apply_image`` does (torchvision's
-             ``resize`` of a PIL image calls ``PIL.Image.resize(..., BILINEAR)``), normalised with
-             the pixel mean/std and zero-padded at the bottom/right.
+``image``    (S, S, 3) float32: SAM's pre-processing, exactly the official one
+             (:func:`mopeft_jax.preprocessing.preprocess_image`: resized so that its longest side
+             is S, normalised, zero-padded at the bottom/right).
 ``boxes``    (P, 4) float32 ``x0, y0, x1, y1`` in input-frame pixels (``cv2.boundingRect``
              semantics: exclusive end), zeros for padding prompts and when no box is asked for.
 ``points``   (P, 2) float32 ``x, y``: one positive interior point per prompt, zeros for padding
@@ -25,7 +23,7 @@ Prompts (SPEC section 5): one per 4-connected segment, with the segment rule of 
 (SPEC section 6) computed on the label resized like the image: every label value but the ignore
 label is a class, background included, and segments need ``min_pixels`` pixels. Up to P segments
 are kept, a uniformly random subset when there are more. The segments, boxes and points come from
-:mod:`mopeft_jax.evaluation.segments` (``connected_segments``, ``segment_box``,
+:mod:`mopeft_jax.segments` (``connected_segments``, ``segment_box``,
 ``segment_point``), the functions ``segment_prompts`` is made of, so training and evaluation
 share one rule. (``segment_prompts`` itself returns no segment masks, which the loss needs, and
 would draw a point for every segment, including those not sampled.)
@@ -35,7 +33,7 @@ every epoch) -> repeat -> ``random_map`` (per-element generator derived from the
 element's position in the stream) -> batch -> optional multiprocessing prefetch. It is
 deterministic, and its iterator's ``get_state()``/``set_state()`` resume the exact stream.
 
-Host-side only: numpy, PIL, scipy (through the evaluation package) and grain; no model code.
+Host-side only: numpy, PIL, scipy and grain; no model or evaluation code.
 """
 
 from __future__ import annotations
@@ -46,18 +44,21 @@ from typing import Any, Mapping, Optional, Tuple
 
 import grain
 import numpy as np
-from PIL import Image
 
-from mopeft_jax.evaluation.prompts import resize_label_longest_side
-from mopeft_jax.evaluation.segments import (
+from mopeft_jax.preprocessing import (
+    PIXEL_MEAN,
+    PIXEL_STD,
+    preprocess_image,
+    resize_label_longest_side,
+)
+from mopeft_jax.segments import (
+    IGNORE_LABEL,
     Segment,
     check_label,
     connected_segments,
     segment_box,
     segment_point,
 )
-from mopeft_jax.sam.config import PIXEL_MEAN, PIXEL_STD
-from mopeft_jax.sam.transforms import preprocess_shape
 
 __all__ = [
     "PROMPT_KINDS",
@@ -66,8 +67,6 @@ __all__ = [
     "downsample_mask",
     "make_dataset",
     "preprocess_example",
-    "resize_image",
-    "to_rgb",
 ]
 
 #: The values of :attr:`PipelineConfig.prompt_kind`.
@@ -104,7 +103,7 @@ class PipelineConfig:
     max_prompts: int = 16
     prompt_kind: str = "box"
     min_pixels: int = 10
-    ignore_label: Optional[int] = 255
+    ignore_label: Optional[int] = IGNORE_LABEL
     batch_size: int = 2
     seed: int = 0
     shuffle: bool = True
@@ -166,65 +165,6 @@ class PipelineConfig:
         return self.image_size // self.low_res_size
 
 
-# ----------------------------------------------------------------------------- image
-
-
-def to_rgb(image) -> np.ndarray:
-    """An image as ``(H, W, 3)`` uint8 RGB.
-
-    Grayscale ``(H, W)`` or ``(H, W, 1)`` is replicated to three channels (as PIL's ``L`` ->
-    ``RGB``); RGBA ``(H, W, 4)`` loses its alpha channel (as PIL's ``RGBA`` -> ``RGB`` and
-    :func:`mopeft_jax.sam.transforms.as_rgb`; no compositing). A non-uint8 array is accepted
-    when all its values are integers in [0, 255].
-
-    Raises:
-        ValueError: for another shape, an empty image, or values outside uint8.
-    """
-    image = np.asarray(image)
-    if image.ndim == 2:
-        image = image[..., None]
-    if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
-        raise ValueError(
-            "image must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), "
-            f"got an array of shape {image.shape}"
-        )
-    if image.shape[0] == 0 or image.shape[1] == 0:
-        raise ValueError(f"image is empty: shape {image.shape}")
-    if image.dtype != np.uint8:
-        # SAM's pre-processing starts from 8-bit images (PIL); anything else is accepted only
-        # when it converts to uint8 losslessly, so no silent rescaling happens.
-        if not (np.issubdtype(image.dtype, np.number) or image.dtype == bool):
-            raise ValueError(f"image must be numeric, got dtype {image.dtype}")
-        values = image.astype(np.float64)
-        if not (
-            np.all(np.isfinite(values))
-            and np.all(values >= 0)
-            and np.all(values <= 255)
-            and np.all(values == np.round(values))
-        ):
-            raise ValueError(
-                f"image of dtype {image.dtype} must hold integers in [0, 255] (8-bit RGB); "
-                "convert it to uint8 first"
-            )
-        image = image.astype(np.uint8)
-    if image.shape[-1] == 1:
-        return np.repeat(image, 3, axis=-1)
-    return np.ascontiguousarray(image[..., :3])
-
-
-def resize_image(image: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
-    """PIL bilinear resize of an ``(H, W, 3)`` uint8 image to ``size = (new_h, new_w)``.
-
-    Exactly ``segment_anything``'s ``ResizeLongestSide.apply_image``: torchvision's ``resize``
-    of a PIL image is ``PIL.Image.resize((w, h), BILINEAR)`` (antialiased, uint8 rounding).
-    """
-    new_h, new_w = size
-    if (new_h, new_w) == image.shape[:2]:
-        return image  # PIL's resize to the same size is the identity.
-    resized = Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR)
-    return np.asarray(resized, dtype=np.uint8)
-
-
 # ----------------------------------------------------------------------------- masks
 
 
@@ -262,20 +202,6 @@ def downsample_mask(segment: Segment, config: PipelineConfig) -> np.ndarray:
 # ----------------------------------------------------------------------------- one example
 
 
-def _check_label(label, image_shape) -> np.ndarray:
-    """The label as (H, W) integers (an (H, W, 1) label squeezed), of the image's H and W."""
-    label = np.asarray(label)
-    if label.ndim == 3 and label.shape[-1] == 1:
-        label = label[..., 0]
-    label = check_label(label)
-    if label.shape != tuple(image_shape[:2]):
-        raise ValueError(
-            f"label of shape {label.shape} does not match the image of shape {tuple(image_shape)}: "
-            "they must have the same height and width"
-        )
-    return label
-
-
 def preprocess_example(
     example: Mapping[str, Any], config: PipelineConfig, rng: np.random.Generator
 ) -> dict:
@@ -303,24 +229,9 @@ def preprocess_example(
         raise ValueError(
             f"example must have 'image' and 'label', missing {missing} (keys: {sorted(example)})"
         )
-    image = to_rgb(example["image"])
-    label = _check_label(example["label"], np.shape(example["image"]))
+    label = check_label(example["label"], shape=np.shape(example["image"]))
     size, low, num = config.image_size, config.low_res_size, config.max_prompts
-
-    h, w = image.shape[:2]
-    new_h, new_w = preprocess_shape(h, w, size)
-    if new_h < 1 or new_w < 1:
-        raise ValueError(
-            f"image of shape {image.shape} resized to a longest side of {size} would be "
-            f"{new_h}x{new_w} pixels; it is too elongated for image_size {size}"
-        )
-
-    # SAM pads after normalising, so the padding is 0 in the normalised space.
-    resized = resize_image(image, (new_h, new_w)).astype(np.float32)
-    mean = np.asarray(config.pixel_mean, np.float32)
-    std = np.asarray(config.pixel_std, np.float32)
-    out_image = np.zeros((size, size, 3), dtype=np.float32)
-    out_image[:new_h, :new_w] = (resized - mean) / std
+    image, _ = preprocess_image(example["image"], size, config.pixel_mean, config.pixel_std)
 
     # Prompts live in the input frame, so segments are found on the label resized like the image.
     label = resize_label_longest_side(label, size)
@@ -346,7 +257,7 @@ def preprocess_example(
         valid[i] = True
         classes[i] = segment.class_id
     return {
-        "image": out_image,
+        "image": image,
         "boxes": boxes,
         "points": points,
         "masks": masks,

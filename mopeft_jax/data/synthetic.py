@@ -31,10 +31,10 @@ different streams of scenes, so train and val never share an example.
 
 Public names:
 
-- :class:`DomainSpec`: metadata of one domain (name, class names, background class, ignore label).
-- :data:`DOMAINS`: read-only mapping ``name -> DomainSpec``.
+- :data:`DOMAINS`: read-only mapping ``name -> DatasetInfo`` (class names, background class, ignore
+  label; :class:`mopeft_jax.data.registry.DatasetInfo`).
 - :data:`SOURCE_DOMAIN`, :data:`TARGET_DOMAINS`: the pretraining domain and the shifted ones.
-- :data:`IGNORE_LABEL`: 255.
+- :data:`IGNORE_LABEL`: 255 (:data:`mopeft_jax.segments.IGNORE_LABEL`).
 - :func:`make_example`: one ``{"image", "label", "domain", "index"}`` example.
 - :class:`SyntheticSegmentation`: a random-access source (``__len__``/``__getitem__``), usable
   as a grain ``RandomAccessDataSource`` (``grain.MapDataset.source(SyntheticSegmentation(...))``).
@@ -51,9 +51,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from mopeft_jax.data.registry import DatasetInfo
+from mopeft_jax.segments import IGNORE_LABEL
+
 __all__ = [
     "DOMAINS",
-    "DomainSpec",
     "IGNORE_LABEL",
     "SOURCE_DOMAIN",
     "SyntheticSegmentation",
@@ -61,36 +63,10 @@ __all__ = [
     "make_example",
 ]
 
-IGNORE_LABEL = 255
-"""Label value of pixels that are ignored by losses and metrics (object-border bands)."""
-
 _GENERATOR_VERSION = 1  # Part of every seed: bump it when the generator changes its output.
 _DEFAULT_IMAGE_SIZE = (128, 128)
-
-
-@dataclasses.dataclass(frozen=True)
-class DomainSpec:
-    """Metadata of one synthetic domain.
-
-    Attributes:
-      name: the domain's key in :data:`DOMAINS`, e.g. ``"source"``.
-      class_names: names of the semantic classes; label value ``k`` means ``class_names[k]``.
-        There are ``num_classes`` classes, label values ``0 .. num_classes - 1``.
-      background_class: the label value of the background (0 in every synthetic domain).
-      ignore_label: the label value of ignored pixels (255).
-      description: one sentence on what the domain shifts with respect to ``source``.
-    """
-
-    name: str
-    class_names: tuple[str, ...]
-    background_class: int = 0
-    ignore_label: int = IGNORE_LABEL
-    description: str = ""
-
-    @property
-    def num_classes(self) -> int:
-        """Number of semantic classes, background included (the ignore label not)."""
-        return len(self.class_names)
+DOMAIN = "Synthetic"
+"""The domain (as in MESS's domains) every synthetic dataset is reported under."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,40 +153,44 @@ _STYLES: dict[str, _Style] = {
     ),
 }
 
-DOMAINS: Mapping[str, DomainSpec] = types.MappingProxyType(
+
+def _domain(name: str, class_names: tuple[str, ...], description: str) -> DatasetInfo:
+    return DatasetInfo(name, DOMAIN, class_names, background_class=0, description=description)
+
+
+DOMAINS: Mapping[str, DatasetInfo] = types.MappingProxyType(
     {
-        "source": DomainSpec(
+        "source": _domain(
             "source",
             _SOURCE_CLASSES,
-            description="Reference domain: vivid, class-coloured, mildly textured shapes.",
+            "Reference domain: vivid, class-coloured, mildly textured shapes.",
         ),
-        "color_shift": DomainSpec(
+        "color_shift": _domain(
             "color_shift",
             _SOURCE_CLASSES,
-            description="Source scenes with rotated hues, often inverted palette, rescaled "
+            "Source scenes with rotated hues, often inverted palette, rescaled "
             "saturation and contrast.",
         ),
-        "texture_shift": DomainSpec(
+        "texture_shift": _domain(
             "texture_shift",
             _SOURCE_CLASSES,
-            description="Other, strong texture families; objects close in colour to a strongly "
+            "Other, strong texture families; objects close in colour to a strongly "
             "textured background.",
         ),
-        "noise_shift": DomainSpec(
+        "noise_shift": _domain(
             "noise_shift",
             _SOURCE_CLASSES,
-            description="Source scenes with blur, low light, sensor noise and JPEG-like "
+            "Source scenes with blur, low light, sensor noise and JPEG-like "
             "blockiness; ignore band around most object borders.",
         ),
-        "shape_shift": DomainSpec(
+        "shape_shift": _domain(
             "shape_shift",
             ("background", "ellipse", "bar", "polygon", "strip"),
-            description="Many small, elongated objects: ellipses, bars, star-like polygons, "
-            "thin curvy strips.",
+            "Many small, elongated objects: ellipses, bars, star-like polygons, thin curvy strips.",
         ),
     }
 )
-"""Read-only mapping from a domain name to its :class:`DomainSpec`."""
+"""Read-only mapping from a domain name to its :class:`~mopeft_jax.data.registry.DatasetInfo`."""
 
 SOURCE_DOMAIN = "source"
 """The domain a model is pretrained on."""
@@ -759,8 +739,8 @@ class SyntheticSegmentation:
         self.seed = _as_index(seed, "seed")
 
     @property
-    def spec(self) -> DomainSpec:
-        """The :class:`DomainSpec` of this source's domain."""
+    def spec(self) -> DatasetInfo:
+        """The :class:`~mopeft_jax.data.registry.DatasetInfo` of this source's domain."""
         return DOMAINS[self.domain]
 
     def __len__(self) -> int:

@@ -6,22 +6,15 @@ keep the first multimask output, upscale its logits to the label size, turn them
 map (:func:`semantic_map`) and add the image's :func:`confusion_matrix` to the dataset's. Per
 dataset: :func:`mean_iou`. Across datasets and domains: :func:`mean_of`, :func:`group_means`.
 
-The per-segment prompt rule lives in :mod:`.segments` (:func:`segment_prompts`), shared by the
-evaluation (fixed seed) and training (the training pipeline's random generator).
-
-This package depends on numpy and scipy only.
+The label resize and the per-segment prompt rule live one layer below, in
+:mod:`mopeft_jax.preprocessing` and :mod:`mopeft_jax.segments` (:func:`segment_prompts`, shared by
+the evaluation's fixed seed and the training pipeline's random generator); their names are
+re-exported here.
 """
 
-from .metrics import confusion_matrix, group_means, mean_iou, mean_of
-from .prompts import (
-    DUMMY_BOX,
-    DUMMY_CLASS,
-    DUMMY_POINT,
-    longest_side_shape,
-    oracle_prompts,
-    resize_label_longest_side,
-)
-from .segments import (
+from mopeft_jax.preprocessing import preprocess_shape as longest_side_shape
+from mopeft_jax.preprocessing import resize_label_longest_side
+from mopeft_jax.segments import (
     FOUR_CONNECTIVITY,
     PROMPT_KINDS,
     Segment,
@@ -31,6 +24,9 @@ from .segments import (
     segment_point,
     segment_prompts,
 )
+
+from .metrics import confusion_matrix, group_means, mean_iou, mean_of
+from .prompts import DUMMY_BOX, DUMMY_CLASS, DUMMY_POINT, oracle_prompts
 from .semantic_map import semantic_map
 
 __all__ = [

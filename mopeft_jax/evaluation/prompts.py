@@ -1,13 +1,13 @@
-"""Oracle prompts for evaluating SAM as MESS does, and the label resize that precedes them.
+"""Oracle prompts for evaluating SAM as MESS does.
 
 Protocol (SPEC section 6; checked against blumenstiel/SAM-MESS ``model/visual_prompts.py``,
 ``model/sam_model.py``, ``default_config.yaml``):
 
 1. the label is resized with nearest-neighbour interpolation so that its longest side is 1024,
-   like the image (:func:`resize_label_longest_side`);
+   like the image (:func:`mopeft_jax.preprocessing.resize_label_longest_side`);
 2. one prompt per 4-connected segment of every label value but the ignore label, background
    included, of at least 10 pixels, at most 100 per image, largest first
-   (:func:`mopeft_jax.evaluation.segments.segment_prompts`);
+   (:func:`mopeft_jax.segments.segment_prompts`);
 3. an image without any such segment gets one dummy prompt of class 0 so the model always has an
    input. The dummy prompts are those of SAM-MESS: the point ``(0, 0)`` (``generate_clicks``) and
    the box ``(0, 0, 1, 1)`` (``generate_boxes``), i.e. the top-left pixel.
@@ -19,16 +19,15 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from .segments import IgnoreLabel, _check_kind, check_label, segment_prompts
+from mopeft_jax.segments import (
+    IGNORE_LABEL,
+    IgnoreLabel,
+    check_label,
+    check_prompt_kind,
+    segment_prompts,
+)
 
-__all__ = [
-    "DUMMY_BOX",
-    "DUMMY_POINT",
-    "DUMMY_CLASS",
-    "longest_side_shape",
-    "oracle_prompts",
-    "resize_label_longest_side",
-]
+__all__ = ["DUMMY_BOX", "DUMMY_POINT", "DUMMY_CLASS", "oracle_prompts"]
 
 #: The prompt given to an image without any segment (as SAM-MESS): the top-left pixel.
 DUMMY_POINT = (0, 0)
@@ -40,7 +39,7 @@ def oracle_prompts(
     label,
     kind: str,
     *,
-    ignore_label: IgnoreLabel = 255,
+    ignore_label: IgnoreLabel = IGNORE_LABEL,
     min_pixels: int = 10,
     max_prompts: Optional[int] = 100,
     seed: int = 42,
@@ -48,7 +47,8 @@ def oracle_prompts(
     """MESS oracle prompts: one per 4-connected segment, largest first.
 
     ``label`` must already be at the scale of the model input frame (for MESS: resized with
-    :func:`resize_label_longest_side`); the prompts are integer pixel indices of it (SAM's
+    :func:`mopeft_jax.preprocessing.resize_label_longest_side`); the prompts are integer pixel
+    indices of it (SAM's
     prompt encoder adds the half-pixel shift itself).
 
     Args:
@@ -72,7 +72,7 @@ def oracle_prompts(
         ValueError: if ``kind`` is not ``"box"``/``"point"`` or ``label`` is not a 2-D integer
             array.
     """
-    kind = _check_kind(kind)
+    kind = check_prompt_kind(kind)
     label = check_label(label)
     rng = np.random.default_rng(seed)
     prompts, classes = segment_prompts(
@@ -88,54 +88,3 @@ def oracle_prompts(
         prompts = np.array([dummy], dtype=np.int64)
         classes = np.array([DUMMY_CLASS], dtype=np.int64)
     return prompts, classes
-
-
-def longest_side_shape(height: int, width: int, target: int = 1024) -> Tuple[int, int]:
-    """Output ``(new_h, new_w)`` of a resize whose longest side becomes ``target``.
-
-    As ``segment_anything``'s ``ResizeLongestSide.get_preprocess_shape``:
-    ``scale = target / max(h, w)``, ``new = int(old * scale + 0.5)``.
-    (detectron2's ``ResizeShortestEdge(1024, max_size=1024)``, which MESS's data loader uses,
-    computes the same sizes mathematically, but via a different float path; it differs by one
-    pixel on the short side for a handful of shapes, e.g. 93 x 2048.)
-    """
-    if height <= 0 or width <= 0:
-        raise ValueError(f"height and width must be positive, got {(height, width)}")
-    scale = target * 1.0 / max(height, width)
-    return int(height * scale + 0.5), int(width * scale + 0.5)
-
-
-def _nearest_indices(n_in: int, n_out: int) -> np.ndarray:
-    """Source indices of a nearest-neighbour resize from ``n_in`` to ``n_out`` samples.
-
-    Output sample ``i`` reads input ``floor(c_i)`` with ``c_i = s/2 + i*s``, ``s = n_in/n_out``,
-    the centre of the output pixel mapped back, accumulated step by step in float64 exactly as
-    Pillow's NEAREST resize does (so the result is bit-identical to
-    ``PIL.Image.resize(..., NEAREST)``, which detectron2 uses for uint8 labels).
-    """
-    step = n_in / n_out
-    coords = np.add.accumulate(np.concatenate([[step * 0.5], np.full(n_out - 1, step)]))
-    return np.minimum(coords.astype(np.int64), n_in - 1)
-
-
-def resize_label_longest_side(label, target: int = 1024) -> np.ndarray:
-    """Nearest-neighbour resize of a label map so that its longest side is ``target``.
-
-    Args:
-        label: ``(H, W)`` integer label map.
-        target: the new length of the longest side.
-
-    Returns:
-        ``(H', W')`` array of the same dtype, ``(H', W') = longest_side_shape(H, W, target)``.
-        Every output value is a value of the input (no interpolation of class indices).
-    """
-    label = np.asarray(label)
-    if label.ndim != 2:
-        raise ValueError(
-            f"label must be a 2-D (H, W) array of class indices, got an array of shape {label.shape}"
-        )
-    h, w = label.shape
-    new_h, new_w = longest_side_shape(h, w, target)
-    rows = _nearest_indices(h, new_h)
-    cols = _nearest_indices(w, new_w)
-    return label[rows[:, None], cols[None, :]]

@@ -9,9 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional, Tuple
 
-# SAM normalises RGB pixels in [0, 255] with ImageNet statistics.
-PIXEL_MEAN = (123.675, 116.28, 103.53)
-PIXEL_STD = (58.395, 57.12, 57.375)
+from mopeft_jax.preprocessing import PIXEL_MEAN, PIXEL_STD
 
 ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "chunked")
 
@@ -38,7 +36,7 @@ class SamConfig:
       num_multimask_outputs: ambiguity-aware masks (the single-mask token comes on top).
       iou_head_depth: layers of the IoU-prediction MLP.
       iou_head_hidden_dim: hidden width of the IoU-prediction MLP.
-      pixel_mean, pixel_std: RGB normalisation of `transforms.preprocess`.
+      pixel_mean, pixel_std: RGB normalisation of the input (`mopeft_jax.preprocessing`).
       dtype: compute dtype ("float32"; "bfloat16" on accelerators; "float64" for gradient
         checks, with jax_enable_x64); parameters stay float32.
       attention: "auto" (on CPU the query-chunked kernel with a flash-style backward for
@@ -129,6 +127,27 @@ class SamConfig:
     def vit_b(cls, **overrides) -> "SamConfig":
         """SAM ViT-B (`sam_vit_b_01ec64.pth`)."""
         return cls(**overrides)
+
+    @classmethod
+    def tiny(cls, **overrides) -> "SamConfig":
+        """A SAM small enough to pretrain and adapt on a laptop CPU in minutes (the offline
+        demo's): 128-pixel input, 8-pixel patches, 4 blocks of width 96, a 64-wide decoder."""
+        fields = dict(
+            encoder_embed_dim=96,
+            encoder_depth=4,
+            encoder_num_heads=3,
+            encoder_global_attn_indexes=(1, 3),
+            image_size=128,
+            patch_size=8,
+            window_size=4,
+            prompt_embed_dim=64,
+            mask_in_chans=8,
+            decoder_depth=2,
+            decoder_mlp_dim=256,
+            decoder_num_heads=4,
+            iou_head_hidden_dim=64,
+        )
+        return cls(**{**fields, **overrides})
 
     @classmethod
     def vit_l(cls, **overrides) -> "SamConfig":

@@ -2,6 +2,12 @@
 
 Mirrors `segment_anything.utils.transforms.ResizeLongestSide` and
 `Sam.preprocess` / `Sam.postprocess_masks`. Sizes are Python ints (static under jit).
+
+The host-side preprocessing that is bit-identical to the official one (PIL's uint8 resize) is
+`mopeft_jax.preprocessing`; this module's `preprocess` resizes in float inside a jitted
+function (for exported or fully on-device pipelines) and differs from it by PIL's uint8
+rounding. Prompt coordinates are host data: `apply_coords` and `apply_boxes` are the numpy ones
+of `mopeft_jax.preprocessing`.
 """
 
 from __future__ import annotations
@@ -11,13 +17,24 @@ from typing import Sequence, Tuple
 import jax
 import jax.numpy as jnp
 
-from mopeft_jax.sam.config import PIXEL_MEAN, PIXEL_STD
+from mopeft_jax.preprocessing import (
+    PIXEL_MEAN,
+    PIXEL_STD,
+    apply_boxes,
+    apply_coords,
+    preprocess_shape,
+    rgb_channels,
+)
 
-
-def preprocess_shape(height: int, width: int, long_side: int) -> Tuple[int, int]:
-    """Size (H', W') of an image resized so that its longest side is `long_side`."""
-    scale = long_side * 1.0 / max(height, width)
-    return int(height * scale + 0.5), int(width * scale + 0.5)
+__all__ = [
+    "apply_boxes",
+    "apply_coords",
+    "normalize_and_pad",
+    "postprocess_masks",
+    "preprocess",
+    "preprocess_shape",
+    "resize_longest_side",
+]
 
 
 def resize_longest_side(image: jax.Array, long_side: int = 1024) -> jax.Array:
@@ -60,40 +77,10 @@ def preprocess(
 
     Grayscale (H, W) or (H, W, 1) and RGBA (H, W, 4) images are converted to RGB.
     """
-    image = as_rgb(image)
+    image = rgb_channels(jnp.asarray(image))
     return normalize_and_pad(
         resize_longest_side(image, image_size), image_size, pixel_mean, pixel_std
     )
-
-
-def as_rgb(image):
-    """(H, W), (H, W, 1), (H, W, 3) or (H, W, 4) -> (H, W, 3); alpha is dropped."""
-    image = jnp.asarray(image)
-    if image.ndim == 2:
-        image = image[..., None]
-    if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
-        raise ValueError(
-            f"Expected an image of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4); "
-            f"got {tuple(image.shape)}."
-        )
-    if image.shape[-1] == 1:
-        return jnp.repeat(image, 3, axis=-1)
-    return image[..., :3]
-
-
-def apply_coords(coords, original_size: Tuple[int, int], long_side: int = 1024):
-    """Point coordinates (..., 2) as (x, y) in the original image -> the resized frame."""
-    old_h, old_w = original_size
-    new_h, new_w = preprocess_shape(old_h, old_w, long_side)
-    scale = jnp.asarray([new_w / old_w, new_h / old_h], jnp.float32)
-    return jnp.asarray(coords, jnp.float32) * scale
-
-
-def apply_boxes(boxes, original_size: Tuple[int, int], long_side: int = 1024):
-    """Boxes (..., 4) as x0, y0, x1, y1 in the original image -> the resized frame."""
-    boxes = jnp.asarray(boxes, jnp.float32)
-    corners = apply_coords(boxes.reshape(*boxes.shape[:-1], 2, 2), original_size, long_side)
-    return corners.reshape(boxes.shape)
 
 
 def _bilinear(masks: jax.Array, size: Tuple[int, int]) -> jax.Array:

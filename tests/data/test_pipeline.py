@@ -16,12 +16,12 @@ from mopeft_jax.data.pipeline import (
     preprocess_example,
 )
 from mopeft_jax.data.synthetic import SyntheticSegmentation
-from mopeft_jax.evaluation.segments import (
+from mopeft_jax.sam.config import PIXEL_MEAN, PIXEL_STD, SamConfig
+from mopeft_jax.segments import (
     connected_segments,
     interior_candidates,
     segment_prompts,
 )
-from mopeft_jax.sam.config import PIXEL_MEAN, PIXEL_STD, SamConfig
 
 S, L = 128, 32
 CELL = S // L

@@ -12,12 +12,12 @@ import pytest
 from scipy import ndimage
 
 from mopeft_jax.data import synthetic
+from mopeft_jax.data.registry import DatasetInfo
 from mopeft_jax.data.synthetic import (
     DOMAINS,
     IGNORE_LABEL,
     SOURCE_DOMAIN,
     TARGET_DOMAINS,
-    DomainSpec,
     SyntheticSegmentation,
     make_example,
 )
@@ -40,7 +40,8 @@ def test_domain_metadata():
     assert set(TARGET_DOMAINS) | {SOURCE_DOMAIN} == set(DOMAINS)
     assert SOURCE_DOMAIN not in TARGET_DOMAINS
     for name, spec in DOMAINS.items():
-        assert isinstance(spec, DomainSpec)
+        assert isinstance(spec, DatasetInfo)
+        assert spec.domain == synthetic.DOMAIN
         assert spec.name == name
         assert 3 <= spec.num_classes <= 5
         assert spec.num_classes == len(spec.class_names) == len(set(spec.class_names))

@@ -8,8 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from experiments.configs.common import TINY_SAM
 from experiments.train import setup
+from mopeft_jax import SamConfig
 from mopeft_jax.train import sharding
 from mopeft_jax.train.step import make_train_step
 
@@ -29,7 +29,7 @@ def test_config_traces_one_step_on_a_tiny_stand_in(name):
     run = setup(config, abstract=True)
     assert run.model.config.dtype == config.dtype and run.model.config.remat == config.remat
     pipeline = config.pipeline
-    size, low = TINY_SAM["image_size"], run.model.config.low_res_mask_size
+    size, low = SamConfig.tiny().image_size, run.model.config.low_res_mask_size
     b, p = pipeline.batch_size, pipeline.max_prompts
     batch = {
         "image": jax.ShapeDtypeStruct((b, size, size, 3), np.float32),

@@ -59,6 +59,9 @@ from etils import epath
 from PIL import Image
 from tensorflow_datasets.core import utils as tfds_utils
 
+from mopeft_jax.data.registry import DatasetInfo
+from mopeft_jax.segments import IGNORE_LABEL
+
 __all__ = [
     "DEV_SPLIT",
     "DOMAINS",
@@ -89,8 +92,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-IGNORE_LABEL = 255
-"""Label value of pixels that losses and metrics ignore."""
 
 DEV_SPLIT = "dev"
 """Name of the split carved from ``train`` for datasets that MESS evaluates on ``val``."""
@@ -562,6 +563,19 @@ class MessSpec:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def info(self) -> DatasetInfo:
+        """The dataset's metadata as training and evaluation read it."""
+        return DatasetInfo(
+            self.name,
+            self.domain,
+            self.classes,
+            self.background_class,
+            IGNORE_LABEL,
+            self.eval_split,
+            self.description,
+        )
 
     def metadata(self) -> dict[str, Any]:
         """The dataset-level metadata stored with the prepared files (JSON-serialisable)."""

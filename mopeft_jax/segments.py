@@ -1,9 +1,10 @@
-"""Connected segments of a label map and the one-prompt-per-segment rule.
+"""Label maps, their connected segments and the one-prompt-per-segment rule.
 
-This is the single implementation of "one prompt per connected segment" that serves both
-the evaluation (oracle prompts, :func:`mopeft_jax.evaluation.oracle_prompts`) and training
-(prompts sampled from the ground truth with the training pipeline's own random generator,
-:func:`segment_prompts`).
+A label map is ``(H, W)`` integers: class indices ``0 .. K-1`` and :data:`IGNORE_LABEL` (255)
+for pixels that no loss, prompt or metric counts. This module is the single implementation of
+"one prompt per connected segment", below both the data pipeline (prompts sampled from the
+ground truth with the pipeline's own random generator, :func:`segment_prompts`) and the
+evaluation (oracle prompts, :func:`mopeft_jax.evaluation.oracle_prompts`).
 
 Semantics (checked against the MESS authors' SAM evaluation, blumenstiel/SAM-MESS,
 ``model/visual_prompts.py``):
@@ -43,15 +44,20 @@ from scipy import ndimage
 
 __all__ = [
     "FOUR_CONNECTIVITY",
+    "IGNORE_LABEL",
     "PROMPT_KINDS",
     "Segment",
     "check_label",
+    "check_prompt_kind",
     "connected_segments",
     "interior_candidates",
     "segment_box",
     "segment_point",
     "segment_prompts",
 ]
+
+IGNORE_LABEL = 255
+"""Label value of pixels that losses, prompts and metrics ignore (one definition for the project)."""
 
 #: The 4-connectivity structure (a cross) used for ``scipy.ndimage.label``.
 FOUR_CONNECTIVITY = ndimage.generate_binary_structure(2, 1)
@@ -91,21 +97,54 @@ class Segment:
         return out
 
 
-def check_label(label) -> np.ndarray:
-    """Returns ``label`` as a 2-D integer array (bool as 0/1) or raises ValueError."""
+def check_label(
+    label,
+    *,
+    shape: Optional[Tuple[int, ...]] = None,
+    num_classes: Optional[int] = None,
+    ignore_label: IgnoreLabel = IGNORE_LABEL,
+    name: str = "label",
+) -> np.ndarray:
+    """Returns ``label`` as a 2-D integer array (bool as 0/1), or raises ValueError naming ``name``.
+
+    Args:
+        label: ``(H, W)`` (or ``(H, W, 1)``) class indices.
+        shape: the image's shape, whose ``(H, W)`` the label must have; None to skip.
+        num_classes: if given, every value must be a class index ``< num_classes`` or an ignore
+            label.
+        ignore_label: the ignore label(s) accepted besides class indices.
+        name: how the message names the label (e.g. its file).
+    """
     label = np.asarray(label)
+    if label.ndim == 3 and label.shape[-1] == 1:
+        label = label[..., 0]
     if label.ndim != 2:
         raise ValueError(
-            f"label must be a 2-D (H, W) array of class indices, got an array of shape {label.shape}"
+            f"{name} must be a 2-D (H, W) array of class indices, got an array of shape {label.shape}"
         )
     if label.dtype == bool:
         label = label.astype(np.int64)
     if not np.issubdtype(label.dtype, np.integer):
-        raise ValueError(f"label must have an integer dtype, got {label.dtype}")
+        raise ValueError(f"{name} must have an integer dtype, got {label.dtype}")
+    if shape is not None and label.shape != tuple(shape[:2]):
+        raise ValueError(
+            f"{name} of shape {label.shape} does not match the image of shape {tuple(shape)}: "
+            "they must have the same height and width"
+        )
+    if num_classes is not None:
+        ignored = np.isin(label, list(_ignore_set(ignore_label)))
+        bad = ((label < 0) | (label >= num_classes)) & ~ignored
+        if bad.any():
+            values = np.unique(label[bad])[:10]
+            raise ValueError(
+                f"{name}: label values {values.tolist()} are neither a class index "
+                f"(< {num_classes}) nor the ignore label {ignore_label}"
+            )
     return label
 
 
-def _check_kind(kind) -> str:
+def check_prompt_kind(kind) -> str:
+    """Returns ``kind`` if it is one of :data:`PROMPT_KINDS`, else raises ValueError."""
     if kind not in PROMPT_KINDS:
         raise ValueError(f"kind must be one of {PROMPT_KINDS}, got {kind!r}")
     return kind
@@ -122,7 +161,7 @@ def _ignore_set(ignore_label: IgnoreLabel) -> frozenset:
 def connected_segments(
     label,
     *,
-    ignore_label: IgnoreLabel = 255,
+    ignore_label: IgnoreLabel = IGNORE_LABEL,
     min_pixels: int = 10,
     max_segments: Optional[int] = None,
 ) -> List[Segment]:
@@ -234,7 +273,7 @@ def segment_prompts(
     kind: str,
     rng: Optional[np.random.Generator] = None,
     *,
-    ignore_label: IgnoreLabel = 255,
+    ignore_label: IgnoreLabel = IGNORE_LABEL,
     min_pixels: int = 10,
     max_prompts: Optional[int] = 100,
     k: float = 1.7,
@@ -263,7 +302,7 @@ def segment_prompts(
         ValueError: for an unknown ``kind``, a non-2-D or non-integer label, invalid limits,
             or ``kind="point"`` without ``rng``.
     """
-    kind = _check_kind(kind)
+    kind = check_prompt_kind(kind)
     if kind == "point" and rng is None:
         raise ValueError("kind='point' needs a numpy.random.Generator rng")
     segments = connected_segments(
