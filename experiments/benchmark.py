@@ -22,13 +22,11 @@ import argparse
 import dataclasses
 import datetime
 import functools
-import importlib.util
 import os
 import pathlib
 import platform
 import sys
 import time
-import types
 from typing import Callable, List
 
 import jax
@@ -42,23 +40,12 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _import_official():
-    """segment_anything, registering an empty torchvision first if it is not installed."""
-    if importlib.util.find_spec("torchvision") is None:
-        for name in (
-            "torchvision",
-            "torchvision.ops",
-            "torchvision.ops.boxes",
-            "torchvision.transforms",
-            "torchvision.transforms.functional",
-        ):
-            module = types.ModuleType(name)
-            module.__dict__.update(batched_nms=None, box_area=None, resize=None, to_pil_image=None)
-            sys.modules.setdefault(name, module)
-    sys.path.insert(0, str(REPO / "tests"))
+    """torch and the official model's builder (imported only when the PyTorch side runs)."""
     import torch  # pylint: disable=g-import-not-at-top
-    import torch_reference  # pylint: disable=g-import-not-at-top
 
-    return torch, torch_reference
+    from weights_convert import official  # pylint: disable=g-import-not-at-top
+
+    return torch, official
 
 
 @dataclasses.dataclass

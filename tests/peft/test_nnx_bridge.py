@@ -9,9 +9,15 @@ from mopeft_jax import Sam, SamConfig
 from mopeft_jax.peft import preset
 from mopeft_jax.sam.image_encoder import ImageEncoderViT
 
-CONFIG = SamConfig(encoder_embed_dim=32, encoder_depth=2, encoder_num_heads=2,
-                   encoder_global_attn_indexes=(1,), image_size=64, window_size=2,
-                   peft=preset("mopeft"))
+CONFIG = SamConfig(
+    encoder_embed_dim=32,
+    encoder_depth=2,
+    encoder_num_heads=2,
+    encoder_global_attn_indexes=(1,),
+    image_size=64,
+    window_size=2,
+    peft=preset("mopeft"),
+)
 
 
 def test_image_encoder_with_peft_as_an_nnx_module_matches_linen():

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 from sam_configs import SMALL_CONFIGS
-from torch_reference import build_official_sam, nchw, nhwc, official_decode, relative_error
 
 from mopeft_jax import Sam
 from weights_convert import load_pytorch_checkpoint
+from weights_convert.official import build_official_sam, nchw, nhwc, official_decode, relative_error
 
 EMBEDDING_TOL = 1e-5
 MASK_TOL = 1e-4

@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 from sam_configs import SMALL_CONFIGS
 from segment_anything.utils.transforms import ResizeLongestSide
-from torch_reference import build_official_sam
 
 from mopeft_jax.sam import transforms
+from weights_convert.official import build_official_sam
 
 SIZES = [(480, 640), (640, 480), (1024, 1024), (333, 1000), (1500, 77), (7, 5), (2048, 1365)]
 

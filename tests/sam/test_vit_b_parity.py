@@ -6,10 +6,10 @@ import jax
 import numpy as np
 import pytest
 import torch
-from torch_reference import build_official_sam, nchw, nhwc, official_decode, relative_error
 
 from mopeft_jax import Sam, SamConfig
 from weights_convert import load_pytorch_checkpoint
+from weights_convert.official import build_official_sam, nchw, nhwc, official_decode, relative_error
 
 TOL = 1e-4
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 from sam_configs import SMALL_CONFIGS
-from torch_reference import build_official_sam
 
 from mopeft_jax import load_pretrained, save_pretrained
 from weights_convert import load_pytorch_checkpoint
+from weights_convert.official import build_official_sam
 
 
 def run_cli(*args):

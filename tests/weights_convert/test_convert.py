@@ -5,12 +5,12 @@ import pytest
 import torch
 from sam_configs import SMALL_CONFIGS
 from segment_anything import build_sam_vit_b, build_sam_vit_h, build_sam_vit_l
-from torch_reference import build_official_sam
 
 from mopeft_jax import SamConfig
 from weights_convert import CheckpointError, load_pytorch_checkpoint
 from weights_convert.convert import convert_state_dict, param_shapes, to_flax_layout, torch_name
 from weights_convert.infer import infer_config
+from weights_convert.official import build_official_sam
 
 OFFICIAL = [
     (build_sam_vit_b, SamConfig.vit_b()),

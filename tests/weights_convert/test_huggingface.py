@@ -27,11 +27,11 @@ import jax
 import numpy as np
 import pytest
 import torch
-from torch_reference import build_official_sam, nchw, randomize_, relative_error
 
 from mopeft_jax import Sam, SamConfig
 from weights_convert import CheckpointError, load_pytorch_checkpoint
 from weights_convert.convert import to_flax_layout, torch_name
+from weights_convert.official import build_official_sam, nchw, randomize_, relative_error
 
 
 def _import_transformers():

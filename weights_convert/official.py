@@ -1,12 +1,50 @@
-"""The official PyTorch SAM with random weights: the reference of the parity tests."""
+"""The official PyTorch SAM (`segment_anything`) built from a `SamConfig` with random weights:
+the reference of the parity tests and of the benchmark.
+
+`segment_anything` imports torchvision at package import (for its automatic mask generator and
+its PIL-based resize), though its model code never uses it. Where torchvision is not installed
+(it does not import on the project's CPU machines), importing this module first registers empty
+stand-ins so that the official code imports; calling one of them fails loudly.
+"""
 
 from __future__ import annotations
 
 import functools
+import importlib.util
+import sys
+import types
 
 import numpy as np
 import torch
-from segment_anything.modeling import (
+
+
+def register_torchvision_stand_in() -> bool:
+    """Registers empty `torchvision` modules if torchvision is not installed; True if it did."""
+    if importlib.util.find_spec("torchvision") is not None or "torchvision" in sys.modules:
+        return False
+
+    def unavailable(*args, **kwargs):
+        raise RuntimeError(
+            "torchvision is not installed; this stand-in only lets segment_anything import."
+        )
+
+    modules = {
+        "torchvision": {},
+        "torchvision.ops": {},
+        "torchvision.ops.boxes": {"batched_nms": unavailable, "box_area": unavailable},
+        "torchvision.transforms": {},
+        "torchvision.transforms.functional": {"resize": unavailable, "to_pil_image": unavailable},
+    }
+    for name, attrs in modules.items():
+        module = types.ModuleType(name)
+        module.__dict__.update(attrs)
+        sys.modules[name] = module
+    return True
+
+
+register_torchvision_stand_in()
+
+from segment_anything.modeling import (  # noqa: E402  (after the stand-in)
     ImageEncoderViT,
     MaskDecoder,
     PromptEncoder,
@@ -14,7 +52,7 @@ from segment_anything.modeling import (
     TwoWayTransformer,
 )
 
-from mopeft_jax.sam.config import SamConfig
+from mopeft_jax.sam.config import SamConfig  # noqa: E402
 
 
 def build_official_sam(config: SamConfig, seed: int = 0) -> Sam:
