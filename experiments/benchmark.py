@@ -205,6 +205,7 @@ def train_benchmark(
     methods=("mopeft", "full_finetune"),
 ):
     """One train step of MoPEFT and of full fine-tuning against the forward of the same loss."""
+    from mopeft_jax.peft import method as peft_method  # pylint: disable=g-import-not-at-top
     from mopeft_jax.peft import preset  # pylint: disable=g-import-not-at-top
     from mopeft_jax.train import partition  # pylint: disable=g-import-not-at-top
     from mopeft_jax.train.step import (  # pylint: disable=g-import-not-at-top
@@ -222,10 +223,9 @@ def train_benchmark(
     batch = _train_batch(config, num_prompts)
     rows = []
     for method in methods:
-        peft = preset(method)
-        model = Sam(config.replace(peft=peft))
+        model = Sam(config.replace(peft=preset(method)))
         params = model.init_params(jax.random.key(0), pretrained=sam_params)
-        labels = partition.label_params(params, peft)
+        labels = partition.label_params(params, peft_method(method).trainable)
         trainable, frozen = partition.split(params, labels)
         optimizer = partition.make_optimizer(
             partition.OptimizerConfig(), partition.split(labels, labels)[0]

@@ -1,228 +1,107 @@
-"""Evaluate a SAM checkpoint as MESS does (oracle prompts, dataset-level mIoU; SPEC section 6).
+"""Evaluate a model as MESS does (oracle prompts, dataset-level mIoU; docs/evaluation.md).
 
-    python -m experiments.evaluate --checkpoint ckpt/sam_vit_b \\
-        --dataset mess:bdd100k mess:paxray_lungs --data-dir ~/tensorflow_datasets \\
+    python -m experiments.evaluate --checkpoint checkpoints/sam_vit_b \\
+        --dataset mess:bdd100k,mess:paxray_lungs --data_dir ~/tensorflow_datasets \\
         --prompt box --output results.jsonl
-    python -m experiments.evaluate --checkpoint ckpt/tiny --dataset synthetic:color_shift \\
-        --max-images 32
+    python -m experiments.evaluate --checkpoint runs/x --dataset folder:my_data --data_dir ~/tfds
+    python -m experiments.evaluate --checkpoint runs/x --step 200 --dataset synthetic:color_shift
 
-``--checkpoint`` is a folder written by ``mopeft_jax.save_pretrained`` (or
-``python -m weights_convert``); a config with PEFT layers is evaluated with them. Datasets are
-``synthetic:<domain>`` (a procedurally generated domain, ``mopeft_jax.data.DOMAINS``) or
-``mess:<name>`` (a prepared MESS builder, ``mopeft_jax.data.mess.REGISTRY``), evaluated on
-MESS's evaluation split unless ``--split`` says otherwise. Prints a markdown table (per dataset,
-per domain, overall mean; PAXRay-4 as the mean of its four binary datasets) and appends one JSON
-line per dataset to ``--output``. Errors about missing data or checkpoints are one line on
-stderr and exit status 1.
+`--checkpoint` is a pretrained folder (`python -m weights_convert`), a training run's folder
+(its final model, or the latest step), or a step of one; a model with PEFT layers is evaluated
+with them. `--dataset` takes any dataset training reads ("kind:name": synthetic:, mess:,
+folder:), comma-separated, each on its evaluation split unless `--split` says otherwise. Prints a
+markdown table (per dataset, per domain, overall mean; PAXRay-4 as the mean of its four binary
+datasets) and appends one JSON line per dataset to `--output`.
 """
 
-from __future__ import annotations
-
-import argparse
-import dataclasses
 import datetime
 import json
 import pathlib
 import sys
-from typing import Any, Callable, List, Optional, Sequence
 
-from experiments.mess_eval import evaluate_source, results_table
+from absl import flags
+
 from mopeft_jax import Sam, load_pretrained
-from mopeft_jax.data import synthetic
-from mopeft_jax.host_memory import retain_freed_memory
+from mopeft_jax.data import load_dataset
+from mopeft_jax.evaluation.loop import evaluate_dataset, results_table
+from mopeft_jax.experiment import cli
 
-SYNTHETIC = "synthetic"
-MESS = "mess"
-SYNTHETIC_DOMAIN = "Synthetic"
-SYNTHETIC_SPLIT = "val"
-
-
-class DatasetError(Exception):
-    """A dataset argument that names nothing (reported as one line, exit status 1)."""
-
-
-@dataclasses.dataclass
-class Dataset:
-    """One dataset to evaluate: a random-access source and its metadata."""
-
-    arg: str  # as given on the command line, e.g. "mess:bdd100k"
-    name: str  # the table's name: the MESS registry name or "synthetic:<domain>"
-    domain: str
-    split: str
-    source: Any
-    class_names: tuple
-    background_class: Optional[int]
-    ignore_label: int
+_DATASETS = flags.DEFINE_list("dataset", None, "datasets as kind:name, comma-separated")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "tfds data dir of prepared mess:/folder: data")
+_SPLIT = flags.DEFINE_string("split", None, "split (default: each dataset's evaluation split)")
+_PROMPT = flags.DEFINE_enum("prompt", "box", ["box", "point"], "the oracle prompts")
+_PROTOCOL = flags.DEFINE_enum(
+    "protocol", "mess", ["mess", "detectron2"], "mIoU rule (MESS's evaluator by default)"
+)
+_MAX_IMAGES = flags.DEFINE_integer("max_images", None, "evaluate the first N images only")
+_OUTPUT = flags.DEFINE_string("output", None, "append one JSON line per dataset to this file")
+_BUCKET = flags.DEFINE_integer("prompt_bucket", 100, "prompts decoded per call (padded)")
+_SEED = flags.DEFINE_integer("seed", 42, "seed of the oracle points")
+_SYNTHETIC_EXAMPLES = flags.DEFINE_integer("synthetic_examples", 64, "synthetic: images")
+_SYNTHETIC_SIZE = flags.DEFINE_integer("synthetic_image_size", 128, "synthetic: image side")
+_SYNTHETIC_SEED = flags.DEFINE_integer("synthetic_seed", 0, "synthetic: dataset seed")
 
 
-def _synthetic(domain: str, args) -> Dataset:
-    if domain not in synthetic.DOMAINS:
-        raise DatasetError(
-            f"unknown synthetic domain {domain!r}; known: {', '.join(sorted(synthetic.DOMAINS))}"
+def run() -> int:
+    cli.require(cli.CHECKPOINT, _DATASETS)
+    # Every dataset is resolved before the model loads, so missing data fails fast.
+    datasets = [
+        load_dataset(
+            name,
+            _SPLIT.value,
+            data_dir=_DATA_DIR.value,
+            num_examples=_SYNTHETIC_EXAMPLES.value,
+            image_size=_SYNTHETIC_SIZE.value,
+            seed=_SYNTHETIC_SEED.value,
         )
-    split = args.split or SYNTHETIC_SPLIT
-    spec = synthetic.DOMAINS[domain]
-    source = synthetic.SyntheticSegmentation(
-        domain,
-        split,
-        num_examples=args.synthetic_examples,
-        image_size=args.synthetic_image_size,
-        seed=args.synthetic_seed,
-    )
-    return Dataset(
-        f"{SYNTHETIC}:{domain}",
-        f"{SYNTHETIC}:{domain}",
-        SYNTHETIC_DOMAIN,
-        split,
-        source,
-        tuple(spec.class_names),
-        spec.background_class,
-        spec.ignore_label,
-    )
-
-
-def _mess(name: str, args) -> Dataset:
-    # Imported here: it pulls in tensorflow_datasets, which synthetic runs do not need.
-    from mopeft_jax.data import mess  # pylint: disable=g-import-not-at-top
-
-    try:
-        spec = mess.get_spec(name)
-    except KeyError:
-        raise DatasetError(
-            f"unknown MESS dataset {name!r}; known: {', '.join(sorted(mess.REGISTRY))}"
-        ) from None
-    data_dir = args.data_dir
-    # tfds would create a mistyped folder and try to build the dataset in it: refuse early.
-    if data_dir is not None and not pathlib.Path(data_dir).expanduser().is_dir():
-        raise FileNotFoundError(
-            f"mess:{spec.name}: the data directory {data_dir} does not exist; prepare the dataset "
-            f"first with mopeft_jax.data.mess.build({spec.name!r}, manual_dir=..., "
-            f"data_dir={str(data_dir)!r})"
-        )
-    split = args.split or spec.eval_split
-    source = mess.data_source(
-        spec.name, split, None if data_dir is None else pathlib.Path(data_dir).expanduser()
-    )
-    return Dataset(
-        f"{MESS}:{spec.name}",
-        spec.name,
-        spec.domain,
-        split,
-        source,
-        tuple(spec.classes),
-        spec.background_class,
-        mess.IGNORE_LABEL,
-    )
-
-
-LOADERS: dict[str, Callable[[str, Any], Dataset]] = {SYNTHETIC: _synthetic, MESS: _mess}
-
-
-def load_dataset(arg: str, args) -> Dataset:
-    """``synthetic:<domain>`` or ``mess:<name>`` -> a :class:`Dataset`."""
-    kind, sep, name = arg.partition(":")
-    if not sep or kind not in LOADERS or not name:
-        raise DatasetError(f"--dataset {arg!r}: expected synthetic:<domain> or mess:<name>")
-    return LOADERS[kind](name, args)
-
-
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m experiments.evaluate",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--checkpoint", required=True, help="a mopeft_jax.save_pretrained folder")
-    parser.add_argument(
-        "--dataset",
-        required=True,
-        nargs="+",
-        help="synthetic:<domain> or mess:<name>, one or more",
-    )
-    parser.add_argument("--data-dir", help="tfds data dir of the prepared MESS datasets")
-    parser.add_argument(
-        "--split", help=f"split (default: MESS's evaluation split; {SYNTHETIC_SPLIT} for synthetic)"
-    )
-    parser.add_argument("--prompt", choices=("box", "point"), default="box")
-    parser.add_argument("--max-images", type=int, help="evaluate the first N images only")
-    parser.add_argument("--output", help="append one JSON line per dataset to this file")
-    parser.add_argument(
-        "--prompt-bucket", type=int, default=100, help="prompts decoded per call (padded)"
-    )
-    parser.add_argument("--seed", type=int, default=42, help="seed of the oracle points")
-    parser.add_argument("--synthetic-examples", type=int, default=64, help="synthetic only")
-    parser.add_argument(
-        "--synthetic-image-size", type=int, default=128, help="synthetic only: image side"
-    )
-    parser.add_argument("--synthetic-seed", type=int, default=0, help="synthetic only")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return parser.parse_args(argv)
-
-
-def _one_line(error: BaseException) -> str:
-    """The error's message on one line (the MESS errors list the expected files on several)."""
-    text = " ".join(str(error).split())
-    return text or type(error).__name__
-
-
-def run(args: argparse.Namespace) -> str:
-    """Evaluates every dataset of ``args``; returns the results table."""
-    # Resolve every dataset before loading the model, so missing data fails fast.
-    datasets: List[Dataset] = [load_dataset(arg, args) for arg in args.dataset]
-    config, params = load_pretrained(args.checkpoint)
+        for name in _DATASETS.value
+    ]
+    config, params = load_pretrained(cli.CHECKPOINT.value, step=cli.STEP.value)
     model = Sam(config)
-
     results, domains = {}, {}
-    for ds in datasets:
-        result = evaluate_source(
+    for dataset in datasets:
+        result = evaluate_dataset(
             model,
             params,
-            ds.source,
-            num_classes=len(ds.class_names),
-            background_class=ds.background_class,
-            ignore_label=ds.ignore_label,
-            prompt_kind=args.prompt,
-            max_images=args.max_images,
-            prompt_bucket=args.prompt_bucket,
-            seed=args.seed,
-            progress=not args.no_progress,
-            desc=ds.name,
+            dataset,
+            prompt_kind=_PROMPT.value,
+            max_images=_MAX_IMAGES.value,
+            prompt_bucket=_BUCKET.value,
+            seed=_SEED.value,
+            protocol=_PROTOCOL.value,
+            progress=cli.PROGRESS.value,
         )
-        results[ds.name], domains[ds.name] = result, ds.domain
-        if args.output:
-            record = {
-                "time": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-                "checkpoint": str(args.checkpoint),
-                "dataset": ds.arg,
-                "name": ds.name,
-                "domain": ds.domain,
-                "split": ds.split,
-                "prompt": args.prompt,
-                "max_images": args.max_images,
-                "seed": args.seed,
-                "class_names": list(ds.class_names),
-                "background_class": ds.background_class,
-                **result.to_json(),
-            }
-            output = pathlib.Path(args.output)
-            output.parent.mkdir(parents=True, exist_ok=True)
-            with output.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-    return results_table(results, domains)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = parse_args(argv)
-    retain_freed_memory()  # before the first computation; see mopeft_jax.host_memory
-    try:
-        table = run(args)
-    except (FileNotFoundError, DatasetError) as error:
-        # Missing data (the MESS builders' ManualDataError is a FileNotFoundError) or a missing
-        # checkpoint: the message says what to do; a traceback would only bury it.
-        print(f"error: {_one_line(error)}", file=sys.stderr)
-        return 1
-    print(table)
+        results[dataset.name], domains[dataset.name] = result, dataset.info.domain
+        if _OUTPUT.value:
+            _append(pathlib.Path(_OUTPUT.value).expanduser(), dataset, result)
+    print(results_table(results, domains))
     return 0
+
+
+def _append(output: pathlib.Path, dataset, result) -> None:
+    record = {
+        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "checkpoint": str(cli.CHECKPOINT.value),
+        "step": cli.STEP.value,
+        "dataset": dataset.spec,
+        "name": dataset.name,
+        "domain": dataset.info.domain,
+        "split": dataset.split,
+        "prompt": _PROMPT.value,
+        "max_images": _MAX_IMAGES.value,
+        "seed": _SEED.value,
+        "class_names": list(dataset.info.class_names),
+        "background_class": dataset.info.background_class,
+        **result.to_json(),
+    }
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with output.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def main(argv=None) -> int:
+    """The command with `argv` (default sys.argv[1:]); returns the exit status."""
+    return cli.main(run, argv)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     # Imported here so that --help answers without loading JAX.
-    from mopeft_jax.checkpoint import save_pretrained  # pylint: disable=g-import-not-at-top
+    from mopeft_jax.pretrained import save_pretrained  # pylint: disable=g-import-not-at-top
     from weights_convert import CheckpointError, load_pytorch_checkpoint  # pylint: disable=g-import-not-at-top
 
     overrides = {}

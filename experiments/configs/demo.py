@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import ml_collections
 
-from experiments.configs.common import base_config
 from mopeft_jax.data import TARGET_DOMAINS
+from mopeft_jax.experiment.config import base_config
 
 
 def get_config() -> ml_collections.ConfigDict:
     config = base_config()
     config.model = "tiny"
-    config.data.source = "synthetic"
     config.data.num_examples = 512
     config.data.image_size = 128
     config.pipeline.batch_size = 4
@@ -24,7 +23,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.steps = 80
     config.train.log_every = 5
     config.train.checkpoint_every = 40
-    config.eval.split = "val"
     config.eval.max_images = 16
 
     # Pretraining the tiny SAM on the source domain: every weight trains, from scratch.
@@ -35,7 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.pretrain.num_examples = 2048
 
     config.compare = ml_collections.ConfigDict()
-    config.compare.datasets = list(TARGET_DOMAINS)
+    config.compare.datasets = [f"synthetic:{domain}" for domain in TARGET_DOMAINS]
     config.compare.methods = [
         "zero_shot",
         "lora",

@@ -1,11 +1,11 @@
 """MoPEFT on one shifted synthetic domain with the tiny SAM (random weights unless
 --config.checkpoint points at a pretrained one, e.g. the demo's cache)."""
 
-from experiments.configs.common import base_config
+from mopeft_jax.experiment.config import base_config
 
 
 def get_config():
     config = base_config()
     config.peft = "mopeft"
-    config.data.name = "color_shift"
+    config.data.name = "synthetic:color_shift"
     return config

@@ -53,6 +53,7 @@ from mopeft_jax.preprocessing import (
 )
 from mopeft_jax.segments import (
     IGNORE_LABEL,
+    PROMPT_KINDS,
     Segment,
     check_label,
     connected_segments,
@@ -61,16 +62,17 @@ from mopeft_jax.segments import (
 )
 
 __all__ = [
-    "PROMPT_KINDS",
+    "PROMPT_FILLS",
     "PipelineConfig",
     "PreprocessTransform",
+    "batch_spec",
     "downsample_mask",
     "make_dataset",
     "preprocess_example",
 ]
 
-#: The values of :attr:`PipelineConfig.prompt_kind`.
-PROMPT_KINDS = ("box", "point", "both")
+#: The values of :attr:`PipelineConfig.prompt_kind`: one prompt kind, or both filled.
+PROMPT_FILLS = (*PROMPT_KINDS, "both")
 
 
 def _is_int(value) -> bool:
@@ -127,9 +129,9 @@ class PipelineConfig:
                 f"PipelineConfig.low_res_size ({self.low_res_size}) must divide image_size "
                 f"({self.image_size}): the masks are area-averaged over whole cells"
             )
-        if self.prompt_kind not in PROMPT_KINDS:
+        if self.prompt_kind not in PROMPT_FILLS:
             raise ValueError(
-                f"PipelineConfig.prompt_kind must be one of {PROMPT_KINDS}, got {self.prompt_kind!r}"
+                f"PipelineConfig.prompt_kind must be one of {PROMPT_FILLS}, got {self.prompt_kind!r}"
             )
         if self.ignore_label is not None and not _is_int(self.ignore_label):
             raise ValueError(
@@ -312,6 +314,22 @@ def _per_shard_seed(seed: int, shard_index: int) -> int:
     if shard_index == 0:
         return seed
     return int(np.random.SeedSequence([seed, shard_index]).generate_state(1, np.uint32)[0])
+
+
+def batch_spec(config: PipelineConfig) -> dict:
+    """Shapes and dtypes of one batch of :func:`make_dataset`, as ``(shape, numpy dtype)`` pairs.
+
+    What a train step is compiled for, without reading any data.
+    """
+    b, s, p, low = config.batch_size, config.image_size, config.max_prompts, config.low_res_size
+    return {
+        "image": ((b, s, s, 3), np.dtype(np.float32)),
+        "boxes": ((b, p, 4), np.dtype(np.float32)),
+        "points": ((b, p, 2), np.dtype(np.float32)),
+        "masks": ((b, p, low, low), np.dtype(np.float32)),
+        "valid": ((b, p), np.dtype(np.bool_)),
+        "classes": ((b, p), np.dtype(np.int32)),
+    }
 
 
 def make_dataset(

@@ -81,6 +81,12 @@ class Dataset:
     source: Any
     info: DatasetInfo
 
+    @property
+    def name(self) -> str:
+        """The name results tables show: a MESS dataset's own (``bdd100k``, as MESS reports it),
+        ``kind:name`` for the others."""
+        return self.info.name if self.spec.startswith("mess:") else self.spec
+
 
 def parse(spec: str) -> Tuple[str, str]:
     """``"kind:name"`` -> ``(kind, name)``; raises :class:`DatasetError` for a malformed name."""

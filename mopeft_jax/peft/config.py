@@ -1,6 +1,10 @@
-"""Which PEFT submodules an encoder gets, their sizes, their gates, and what trains.
+"""Which PEFT submodules an encoder gets, their sizes and their gates; the methods compared.
 
-Defaults follow UniPELT's code and SAM's conventions (SPEC §4); every one is a field.
+`PeftConfig` is architecture: it is saved with a model's config and rebuilds its parameter
+tree. What trains is a training choice, not architecture: a `Method` pairs a `PeftConfig`
+with what the optimizer updates, and `METHODS` names the baselines of the comparison.
+
+Defaults follow UniPELT's code and SAM's conventions (docs/method.md); every one is a field.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from typing import Tuple
 GATE_TYPES = ("sigmoid", "softmax")
 ADAPTER_INITS = ("zero", "unipelt")
 TRAINABLE = ("peft", "peft+decoder", "decoder", "all")
+"""What a run can train: the PEFT layers and gates, those and the mask decoder, the mask
+decoder only, or every weight (full fine-tuning)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,8 +45,6 @@ class PeftConfig:
         weights over a block's gated submodules sum to one; an ablation).
       separate_prefix_gates: one gate for the prefix keys and one for the values
         instead of one for both.
-      trainable: what the optimiser updates: "peft" (PEFT layers and gates),
-        "peft+decoder", "decoder" (the mask decoder only) or "all" (full fine-tuning).
     """
 
     lora: bool = False
@@ -58,7 +62,6 @@ class PeftConfig:
     gated: bool = False
     gate_type: str = "sigmoid"
     separate_prefix_gates: bool = False
-    trainable: str = "peft"
 
     def __post_init__(self):
         problems = []
@@ -66,8 +69,6 @@ class PeftConfig:
             problems.append(f"gate_type {self.gate_type!r} is not one of {GATE_TYPES}")
         if self.adapter_init not in ADAPTER_INITS:
             problems.append(f"adapter_init {self.adapter_init!r} is not one of {ADAPTER_INITS}")
-        if self.trainable not in TRAINABLE:
-            problems.append(f"trainable {self.trainable!r} is not one of {TRAINABLE}")
         for name in (
             "lora_rank",
             "prefix_length",
@@ -94,21 +95,56 @@ class PeftConfig:
         return dataclasses.replace(self, **changes)
 
 
-PRESETS = {
-    "lora": PeftConfig(lora=True),
-    "prefix": PeftConfig(prefix=True),
-    "adapter": PeftConfig(adapter=True),
-    "input_expert": PeftConfig(input_expert=True),
-    "mopeft": PeftConfig(lora=True, prefix=True, adapter=True, gated=True),
-    "mopeft_plus": PeftConfig(lora=True, prefix=True, adapter=True, input_expert=True, gated=True),
-    "full_finetune": PeftConfig(trainable="all"),
-    "decoder_only": PeftConfig(trainable="decoder"),
+def check_trainable(trainable: str) -> str:
+    """Returns `trainable` if it is one of `TRAINABLE`, else raises ValueError."""
+    if trainable not in TRAINABLE:
+        raise ValueError(f"trainable {trainable!r} is not one of {TRAINABLE}.")
+    return trainable
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """One method of the comparison: the encoder's PEFT layers and what trains.
+
+    Attributes:
+      peft: the PEFT layers (architecture).
+      trainable: one of `TRAINABLE` ("peft": PEFT layers and gates only).
+    """
+
+    peft: PeftConfig
+    trainable: str = "peft"
+
+    def __post_init__(self):
+        check_trainable(self.trainable)
+
+
+METHODS = {
+    "lora": Method(PeftConfig(lora=True)),
+    "prefix": Method(PeftConfig(prefix=True)),
+    "adapter": Method(PeftConfig(adapter=True)),
+    "input_expert": Method(PeftConfig(input_expert=True)),
+    "mopeft": Method(PeftConfig(lora=True, prefix=True, adapter=True, gated=True)),
+    "mopeft_plus": Method(
+        PeftConfig(lora=True, prefix=True, adapter=True, input_expert=True, gated=True)
+    ),
+    "full_finetune": Method(PeftConfig(), trainable="all"),
+    "decoder_only": Method(PeftConfig(), trainable="decoder"),
 }
+"""The baselines by name: single ungated PEFTs, MoPEFT (the three gated), MoPEFT with the
+input expert, full fine-tuning and decoder-only fine-tuning."""
+
+PRESETS = {name: m.peft for name, m in METHODS.items()}
+"""The PEFT layers of every method, by name."""
+
+
+def method(name: str) -> Method:
+    """The method called `name` (a key of `METHODS`)."""
+    if name not in METHODS:
+        raise ValueError(f"Unknown PEFT preset {name!r}; choose one of {sorted(METHODS)}.")
+    return METHODS[name]
 
 
 def preset(name: str, **overrides) -> PeftConfig:
-    """A baseline by name: lora, prefix, adapter, input_expert (single ungated PEFTs),
-    mopeft (the three gated), mopeft_plus (the four gated), full_finetune, decoder_only."""
-    if name not in PRESETS:
-        raise ValueError(f"Unknown PEFT preset {name!r}; choose one of {sorted(PRESETS)}.")
-    return PRESETS[name].replace(**overrides)
+    """The PEFT layers of method `name` (lora, prefix, adapter, input_expert, mopeft,
+    mopeft_plus, full_finetune, decoder_only), with `PeftConfig` fields overridden."""
+    return method(name).peft.replace(**overrides)

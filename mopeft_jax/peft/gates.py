@@ -16,6 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mopeft_jax.peft import names as peft_names
+
 gate_init = nn.initializers.normal(0.02)
 
 
@@ -65,11 +67,11 @@ def block_gate_names(peft) -> tuple:
         return ()
     names = ()
     if peft.lora:
-        names += ("lora_q", "lora_v")
+        names += peft_names.LORA_LAYERS
     if peft.prefix:
-        names += ("prefix_k", "prefix_v") if peft.separate_prefix_gates else ("prefix",)
+        names += peft_names.PREFIX_KV if peft.separate_prefix_gates else (peft_names.PREFIX,)
     if peft.adapter:
-        names += ("adapter",)
+        names += (peft_names.ADAPTER,)
     return names
 
 
@@ -85,6 +87,6 @@ def gate_values(gates: dict) -> Dict[str, jax.Array]:
     for path, value in flax.traverse_util.flatten_dict(gates).items():
         value = value[0] if isinstance(value, tuple) else value
         *scope, leaf = path
-        name = scope[-1][len("gate_") :] if leaf == "value" else leaf
+        name = scope[-1][len(peft_names.GATE_PREFIX) :] if leaf == "value" else leaf
         out["/".join([*scope[:-1], name])] = value
     return out

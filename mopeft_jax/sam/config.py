@@ -180,9 +180,12 @@ class SamConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "SamConfig":
+        """Inverse of `to_dict`."""
         d = dict(d)
         if d.get("peft") is not None:
             from mopeft_jax.peft.config import PeftConfig  # pylint: disable=g-import-not-at-top
 
-            d["peft"] = PeftConfig(**d["peft"])
+            # Configs saved before what trains left the architecture carry a "trainable".
+            peft = {k: v for k, v in d["peft"].items() if k != "trainable"}
+            d["peft"] = PeftConfig(**peft)
         return cls(**d)

@@ -15,6 +15,16 @@ import jax.numpy as jnp
 from mopeft_jax.peft.config import PeftConfig
 from mopeft_jax.peft.gates import Gate, Router, block_gate_names
 from mopeft_jax.peft.layers import Bottleneck, LoRA, PrefixEncoder
+from mopeft_jax.peft.names import (
+    ADAPTER,
+    INPUT_EXPERT,
+    LORA_TARGETS,
+    PREFIX,
+    PREFIX_KV,
+    ROUTER,
+    gate_name,
+    lora_name,
+)
 from mopeft_jax.row_dense import RowDense
 from mopeft_jax.sam import attention as attention_lib
 from mopeft_jax.sam.config import SamConfig
@@ -154,16 +164,16 @@ class Block(nn.Module):
         qv_delta = None
         if peft.lora:
             qv_delta = tuple(
-                LoRA(peft.lora_rank, c, dtype, name=f"lora_{target}")(x)
-                * _scale(gate(f"lora_{target}", x), peft.lora_alpha / peft.lora_rank)
-                for target in ("q", "v")
+                LoRA(peft.lora_rank, c, dtype, name=lora_name(target))(x)
+                * _scale(gate(lora_name(target), x), peft.lora_alpha / peft.lora_rank)
+                for target in LORA_TARGETS
             )
         if peft.prefix:
             if prefix is None:
                 raise ValueError(
                     "A block with prefix tuning needs its prefix keys/values (2, L, C)."
                 )
-            names = ("prefix_k", "prefix_v") if peft.separate_prefix_gates else ("prefix",) * 2
+            names = PREFIX_KV if peft.separate_prefix_gates else (PREFIX,) * 2
             gates = [gate(name, x) for name in names]
             prefix = tuple(
                 jnp.broadcast_to(p, (b, *p.shape)) * (1.0 if g is None else g[:, None, None])
@@ -188,8 +198,8 @@ class Block(nn.Module):
         if peft.adapter:
             width = max(c // peft.adapter_reduction, 1)
             zero_init = peft.adapter_init == "zero"
-            update = Bottleneck(width, "relu", zero_init, dtype, name="adapter")(x)
-            x = x + update * _scale(gate("adapter", x), 1.0)
+            update = Bottleneck(width, "relu", zero_init, dtype, name=ADAPTER)(x)
+            x = x + update * _scale(gate(ADAPTER, x), 1.0)
         return x
 
 
@@ -210,7 +220,7 @@ class _Gates:
         self.values = {}
         names = block_gate_names(peft)
         if names and peft.gate_type == "softmax":
-            weights = Router(names, name="router", parent=module)(block_input)
+            weights = Router(names, name=ROUTER, parent=module)(block_input)
             self.values = {name: weights[:, i] for i, name in enumerate(names)}
 
     def __call__(self, name: str, inputs: jax.Array) -> Optional[jax.Array]:
@@ -218,7 +228,7 @@ class _Gates:
         if not self.peft.gated:
             return None
         if name not in self.values:
-            self.values[name] = Gate(name=f"gate_{name}", parent=self.module)(inputs)
+            self.values[name] = Gate(name=gate_name(name), parent=self.module)(inputs)
         return self.values[name]
 
 
@@ -248,8 +258,8 @@ class ImageEncoderViT(nn.Module):
 
         peft = cfg.peft if cfg.peft is not None else PeftConfig()
         if peft.input_expert:
-            expert = Bottleneck(peft.input_expert_rank, "gelu", True, dtype, name="input_expert")
-            gate = Gate(name="gate_input_expert")(x) if peft.gated else None
+            expert = Bottleneck(peft.input_expert_rank, "gelu", True, dtype, name=INPUT_EXPERT)
+            gate = Gate(name=gate_name(INPUT_EXPERT))(x) if peft.gated else None
             x = x + expert(x) * _scale(gate, 1.0)
         prefixes = None
         if peft.prefix:
@@ -259,7 +269,7 @@ class ImageEncoderViT(nn.Module):
                 cfg.encoder_embed_dim,
                 peft.prefix_reparam,
                 peft.prefix_hidden,
-                name="prefix",
+                name=PREFIX,
             )().astype(dtype)  # (depth, 2, L, C)
 
         block_cls = nn.remat(Block) if cfg.remat else Block

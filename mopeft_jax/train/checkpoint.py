@@ -18,11 +18,15 @@ the previous complete checkpoint stays the latest. Saves are asynchronous by def
 `save` returns once the arrays are copied off the device, and the writing overlaps the
 next train steps (`wait` blocks until it is committed).
 
+A committed step can still be damaged afterwards (a disk filling up, files deleted or
+truncated by hand). Restoring the latest step then skips every unreadable step, naming it
+and the cause in one warning, and restores the newest readable one.
+
 Typical resume:
 
     with TrainCheckpointer(workdir / "checkpoints") as ckpt:
         if ckpt.latest_step() is not None:
-            state, data_state, _ = ckpt.restore(state)
+            state, data_state = ckpt.restore(state)[:2]
             data_iter.set_state(data_state)
         for batch in data_iter:
             state, metrics = train_step(state, frozen, batch)
@@ -33,9 +37,10 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import logging
 import os
 import shutil
-from typing import Any, Mapping, NamedTuple, Optional
+from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 import jax
 import numpy as np
@@ -46,17 +51,20 @@ STATE = "state"
 DATA = "data"
 METADATA = "metadata"
 
+log = logging.getLogger(__name__)
+
 # grain's DatasetIterator states are JSON dicts, but DataLoader states are bytes; bytes are
 # wrapped so that restore can hand back exactly the type that was saved.
 _BYTES_KEY = "__bytes_base64__"
 
 
 class Restored(NamedTuple):
-    """What `TrainCheckpointer.restore` returns (unpacks as `state, data_state, metadata`)."""
+    """What `TrainCheckpointer.restore` returns."""
 
     state: Any
     data_state: Any
     metadata: Optional[dict]
+    step: int
 
 
 def to_json(value: Any) -> Any:
@@ -105,16 +113,21 @@ def _remove_uncommitted_saves(directory: str) -> None:
             shutil.rmtree(os.path.join(directory, name))
 
 
+class UnreadableCheckpoint(RuntimeError):
+    """A checkpoint step that cannot be restored (missing items, damaged files)."""
+
+
 class TrainCheckpointer:
     """Saves and restores `TrainState` + data iterator state + JSON metadata with orbax.
 
     Args:
-      directory: where step directories go (created if missing).
+      directory: where step directories go (created if missing, unless read-only).
       max_to_keep: keep the newest this many checkpoints; None keeps all.
       save_interval_steps: `save` writes only steps that are multiples of this (and the
         first one it is asked for), unless `force=True`.
       async_save: write in a background thread; `save` returns once the arrays are off
         the device.
+      read_only: only restore: nothing is created or deleted (for reading another run).
     """
 
     def __init__(
@@ -124,15 +137,20 @@ class TrainCheckpointer:
         max_to_keep: Optional[int] = 3,
         save_interval_steps: int = 1,
         async_save: bool = True,
+        read_only: bool = False,
     ):
         self.directory = os.path.abspath(os.fspath(directory))
         options = ocp.CheckpointManagerOptions(
             save_interval_steps=save_interval_steps,
             preservation_policy=checkpoint_managers.LatestN(n=max_to_keep),
             enable_async_checkpointing=async_save,
-            create=True,
+            # Not orbax's own read_only mode, which warns at every opening; a reader just
+            # neither creates the directory nor cleans it up.
+            create=not read_only,
+            cleanup_tmp_directories=False,
         )
-        _remove_uncommitted_saves(self.directory)
+        if not read_only:
+            _remove_uncommitted_saves(self.directory)
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=options,
@@ -192,45 +210,91 @@ class TrainCheckpointer:
         steps = self.all_steps()
         return steps[-1] if steps else None
 
-    def restore(self, state_template: Any, step: Optional[int] = None) -> Restored:
-        """Restores checkpoint `step` (default: the latest).
+    def restore(
+        self,
+        state_template: Any = None,
+        step: Optional[int] = None,
+        *,
+        require_data: bool = False,
+    ) -> Restored:
+        """Restores checkpoint `step`, or the newest readable one.
 
         Args:
           state_template: a `TrainState` (concrete, or abstract via `abstract_like`) with
             the structure, dtypes and shardings to restore into, e.g. the freshly created
-            state of the resuming run.
-          step: which checkpoint; None for the latest.
+            state of the resuming run; None for the saved tree as nested dicts of numpy
+            arrays ({"step", "trainable", "opt_state"}), whatever the optimizer was.
+          step: which checkpoint; None for the newest readable one: unreadable steps are
+            skipped with a warning that names them and the cause.
+          require_data: a step without the data iterator's state counts as unreadable.
 
         Returns:
-          `(state, data_state, metadata)`; the last two are None where they were not saved.
+          `(state, data_state, metadata, step)`; data_state and metadata are None where they
+          were not saved.
 
         Raises:
           FileNotFoundError: no checkpoint (or not `step`) in the directory.
+          UnreadableCheckpoint: `step` (or, with step None, every step) cannot be restored.
         """
+
+        def read(step):
+            saved = self._saved_items(step)
+            if require_data and DATA not in saved:
+                raise UnreadableCheckpoint(f"it has no {DATA}/ item (the data iterator's state)")
+            template = None if state_template is None else abstract_like(state_template)
+            items = {STATE: ocp.args.StandardRestore(template)}
+            for name in (DATA, METADATA):
+                if name in saved:
+                    items[name] = ocp.args.JsonRestore()
+            restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+            return Restored(
+                state=restored[STATE],
+                data_state=_from_json(restored[DATA]) if DATA in saved else None,
+                metadata=restored[METADATA] if METADATA in saved else None,
+                step=step,
+            )
+
+        return self._first_readable(read, step)
+
+    def _first_readable(self, read: Callable[[int], Any], step: Optional[int]) -> Any:
+        """`read(s)` for `s = step`, or for the newest step that `read` can read."""
         steps = self.all_steps()
         if not steps:
             raise FileNotFoundError(f"No checkpoint to restore in {self.directory!r}.")
-        if step is None:
-            step = steps[-1]
-        elif step not in steps:
+        if step is not None and step not in steps:
             raise FileNotFoundError(
                 f"No checkpoint for step {step} in {self.directory!r}; it holds steps {steps}."
             )
-        saved = self._saved_items(step)
-        items = {STATE: ocp.args.StandardRestore(abstract_like(state_template))}
-        for name in (DATA, METADATA):
-            if name in saved:
-                items[name] = ocp.args.JsonRestore()
-        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-        return Restored(
-            state=restored[STATE],
-            data_state=_from_json(restored[DATA]) if DATA in saved else None,
-            metadata=restored[METADATA] if METADATA in saved else None,
+        candidates = [step] if step is not None else steps[::-1]
+        problems = []
+        for candidate in candidates:
+            try:
+                if STATE not in self._saved_items(candidate):
+                    raise UnreadableCheckpoint(f"it has no {STATE}/ item")
+                return read(candidate)
+            except Exception as error:  # pylint: disable=broad-except
+                # Orbax raises anything from KeyError to tensorstore's ValueError for a damaged
+                # step; any of them means "not this step".
+                cause = " ".join(str(error).split())[:300] or type(error).__name__
+                problems.append(f"step {candidate}: {cause}")
+                if step is None:
+                    log.warning(
+                        "Checkpoint step %d in %s is unreadable (%s); trying an older one.",
+                        candidate,
+                        self.directory,
+                        cause,
+                    )
+        raise UnreadableCheckpoint(
+            f"No readable checkpoint in {self.directory}: " + "; ".join(problems)
         )
 
     def _saved_items(self, step: int) -> set:
         """The items checkpoint `step` holds (data and metadata are optional)."""
-        return set(self._manager.item_metadata(step).keys())
+        return {
+            name
+            for name in (STATE, DATA, METADATA)
+            if os.path.isdir(os.path.join(self.directory, str(step), name))
+        }
 
     # -- lifetime -------------------------------------------------------------------------
 

@@ -1,8 +1,8 @@
 """What trains: labels from parameter paths, the trainable/frozen split, the optimizer.
 
-Every parameter gets one label from its path:
+Every parameter gets one label from its path (the PEFT names are `mopeft_jax.peft.names`):
   "gate"     gates and the softmax router (`gate_*`, `router`),
-  "peft"     PEFT layers (`lora_*`, `prefix`, `adapter`, `input_expert`),
+  "peft"     PEFT layers (`lora_q`, `lora_v`, `prefix`, `adapter`, `input_expert`),
   "decoder"  the mask decoder,
   "sam"      every other SAM weight (trained only by full fine-tuning),
   "frozen"   what the config leaves frozen, and always the prompt encoder's fixed
@@ -21,21 +21,21 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import flax
 import optax
 
-from mopeft_jax.peft.config import PeftConfig
+from mopeft_jax.peft.config import PeftConfig, check_trainable
+from mopeft_jax.peft.names import is_gate, is_peft
 
 Params = Any
 LABELS = ("gate", "peft", "decoder", "sam", "frozen")
 _BUFFERS = ("positional_encoding_gaussian_matrix",)
-_PEFT_MODULES = ("lora_", "adapter", "input_expert")
 
 
 def kind_of(path: Tuple[str, ...]) -> str:
     """What a parameter is, from its path: gate, peft, decoder, buffer or sam."""
     if path[-1] in _BUFFERS:
         return "buffer"
-    if any(name.startswith("gate_") or name == "router" for name in path):
+    if is_gate(path):
         return "gate"
-    if any(name.startswith(_PEFT_MODULES) or name == "prefix" for name in path):
+    if is_peft(path):
         return "peft"
     if path[0] == "mask_decoder":
         return "decoder"
@@ -50,9 +50,22 @@ _TRAINS = {
 }
 
 
-def label_params(params: Params, peft: Optional[PeftConfig]) -> Params:
-    """A pytree like `params` with one label of `LABELS` per leaf."""
-    trains = _TRAINS[(peft or PeftConfig()).trainable]
+def label_params(params: Params, trainable: str = "peft") -> Params:
+    """A pytree like `params` with one label of `LABELS` per leaf.
+
+    Args:
+      params: a parameter tree of `Sam`.
+      trainable: what trains, one of `mopeft_jax.peft.TRAINABLE` ("peft": gates and PEFT
+        layers; "all": full fine-tuning); `mopeft_jax.peft.method(name).trainable` for a
+        named method.
+    """
+    if isinstance(trainable, PeftConfig):
+        raise TypeError(
+            "label_params takes what trains ('peft', 'peft+decoder', 'decoder' or 'all'), not a "
+            "PeftConfig: what trains is a training choice, e.g. "
+            "mopeft_jax.peft.method('full_finetune').trainable."
+        )
+    trains = _TRAINS[check_trainable(trainable)]
     flat = flax.traverse_util.flatten_dict(params)
     labels = {}
     for path in flat:

@@ -8,13 +8,11 @@ import jax
 import numpy as np
 import pytest
 
-from experiments.train import setup
 from mopeft_jax import SamConfig
-from mopeft_jax.train import sharding
-from mopeft_jax.train.step import make_train_step
+from mopeft_jax.experiment import setup
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[2] / "experiments" / "configs"
-CONFIGS = sorted(p.stem for p in CONFIG_DIR.glob("*.py") if p.stem not in ("__init__", "common"))
+CONFIGS = sorted(p.stem for p in CONFIG_DIR.glob("*.py") if p.stem != "__init__")
 
 
 def load(name):
@@ -26,6 +24,8 @@ def test_config_traces_one_step_on_a_tiny_stand_in(name):
     config = load(name)
     config.checkpoint = ""  # a tiny random SAM instead of a converted ViT
     config.model = "tiny"
+    # This machine has one CPU device: keep the config's strategy on a 1 x 1 mesh.
+    config.mesh.data, config.mesh.model = 1, 1
     run = setup(config, abstract=True)
     assert run.model.config.dtype == config.dtype and run.model.config.remat == config.remat
     pipeline = config.pipeline
@@ -37,19 +37,10 @@ def test_config_traces_one_step_on_a_tiny_stand_in(name):
         "points": jax.ShapeDtypeStruct((b, p, 2), np.float32),
         "masks": jax.ShapeDtypeStruct((b, p, low, low), np.float32),
         "valid": jax.ShapeDtypeStruct((b, p), np.bool_),
+        "classes": jax.ShapeDtypeStruct((b, p), np.int32),
     }
-    # This machine has one CPU device: keep the config's strategy on a 1 x 1 mesh.
-    mesh = sharding.make_mesh(1, 1)
-    step, _, _ = sharding.jit_train_step(
-        make_train_step(run.model, run.optimizer, run.loss_config),
-        run.state,
-        run.frozen,
-        batch,
-        mesh,
-        strategy=config.mesh.strategy,
-    )
-    lowered = step.trace(run.state, run.frozen, batch).lower()
-    out_state, metrics = jax.eval_shape(step, run.state, run.frozen, batch)
+    lowered = run.step.trace(run.state, run.frozen, batch).lower()
+    out_state, metrics = jax.eval_shape(run.step, run.state, run.frozen, batch)
     assert jax.tree_util.tree_structure(out_state) == jax.tree_util.tree_structure(run.state)
     assert metrics["loss"].shape == ()
     assert lowered.compiler_ir() is not None

@@ -7,14 +7,17 @@
   (mIoU < 10%), so this needs the real pretraining (about 4 minutes on a 2-core CPU).
 """
 
+import pathlib
+
 import flax
 import numpy as np
 import pytest
 
-from experiments import demo
-from experiments.compare import run_comparison
 from experiments.configs.demo import get_config
-from experiments.train import train
+from mopeft_jax import load_pretrained
+from mopeft_jax.experiment.compare import run_comparison
+from mopeft_jax.experiment.pretrain import pretrained_sam
+from mopeft_jax.experiment.trainer import train
 
 DOMAINS = ["texture_shift", "noise_shift"]
 
@@ -25,16 +28,17 @@ def short_config():
     config.train.steps = 10
     config.train.checkpoint_every = 10
     config.eval.max_images = 4
-    config.compare.datasets = DOMAINS
+    config.compare.datasets = [f"synthetic:{d}" for d in DOMAINS]
     config.compare.methods = ["zero_shot", "mopeft", "full_finetune"]
     return config
 
 
 def test_short_demo_runs_every_method_and_keeps_frozen_weights_frozen(tmp_path):
     config = short_config()
-    pretrained = demo.pretrained_sam(config, tmp_path / "cache", progress=False)
+    config.checkpoint = str(pretrained_sam(config, tmp_path / "cache", progress=False))
     assert any(p.name.startswith("pretrained_sam_") for p in (tmp_path / "cache").iterdir())
-    results = run_comparison(config, tmp_path / "compare", params=pretrained, progress=False)
+    assert pretrained_sam(config, tmp_path / "cache") == pathlib.Path(config.checkpoint)  # cached
+    results = run_comparison(config, tmp_path / "compare", progress=False)
     assert [(r.dataset, r.method) for r in results] == [
         (d, m) for d in DOMAINS for m in config.compare.methods
     ]
@@ -48,12 +52,11 @@ def test_short_demo_runs_every_method_and_keeps_frozen_weights_frozen(tmp_path):
 
     # The MoPEFT run that `run_comparison` resumes from its final checkpoint: its frozen
     # params are the pretrained SAM, bit for bit.
-    config.data.name = DOMAINS[0]
-    run = train(
-        config, tmp_path / "compare" / DOMAINS[0] / "mopeft", progress=False, params=pretrained
-    )
+    config.data.name = f"synthetic:{DOMAINS[0]}"
+    config.peft = "mopeft"
+    run = train(config, tmp_path / "compare" / DOMAINS[0] / "mopeft", progress=False)
     frozen = flax.traverse_util.flatten_dict(run.frozen)
-    sam = flax.traverse_util.flatten_dict(pretrained)
+    sam = flax.traverse_util.flatten_dict(load_pretrained(config.checkpoint)[1])
     assert set(frozen) == set(sam)  # MoPEFT trains none of SAM's own weights
     for path, value in frozen.items():
         np.testing.assert_array_equal(value, sam[path])
@@ -73,10 +76,10 @@ def test_adaptation_beats_zero_shot_on_the_shifted_domains(tmp_path):
     """
     config = get_config()  # the demo's pretraining, adaptation steps, eval images, domains
     config.compare.methods = ["zero_shot", "mopeft", "full_finetune"]
-    pretrained = demo.pretrained_sam(config, tmp_path / "cache", progress=False)
-    results = run_comparison(config, tmp_path / "compare", params=pretrained, progress=False)
+    config.checkpoint = str(pretrained_sam(config, tmp_path / "cache", progress=False))
+    results = run_comparison(config, tmp_path / "compare", progress=False)
     miou = {(r.dataset, r.method): r.miou for r in results}
-    domains = list(config.compare.datasets)
+    domains = [name.partition(":")[2] for name in config.compare.datasets]
     assert len(domains) == 4, domains
     for domain in domains:
         assert miou[(domain, "zero_shot")] > 0.2, f"the pretrained SAM segments little of {domain}"

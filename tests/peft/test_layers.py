@@ -5,7 +5,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mopeft_jax.peft import Bottleneck, Gate, LoRA, PeftConfig, PrefixEncoder, Router, preset
+from mopeft_jax.peft import (
+    Bottleneck,
+    Gate,
+    LoRA,
+    PeftConfig,
+    PrefixEncoder,
+    Router,
+    method,
+    preset,
+)
 from mopeft_jax.peft.gates import block_gate_names
 
 
@@ -77,8 +86,8 @@ def test_presets_and_gate_names():
     assert preset("mopeft").submodules == ("lora", "prefix", "adapter")
     assert preset("mopeft_plus").submodules == ("lora", "prefix", "adapter", "input_expert")
     assert not preset("lora").gated and preset("mopeft").gated
-    assert preset("full_finetune").trainable == "all" and not preset("full_finetune").has_layers
-    assert preset("decoder_only").trainable == "decoder"
+    assert method("full_finetune").trainable == "all" and not preset("full_finetune").has_layers
+    assert method("decoder_only").trainable == "decoder" and method("mopeft").trainable == "peft"
     assert block_gate_names(preset("mopeft")) == ("lora_q", "lora_v", "prefix", "adapter")
     assert block_gate_names(preset("mopeft", separate_prefix_gates=True)) == (
         "lora_q",

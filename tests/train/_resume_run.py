@@ -90,7 +90,7 @@ def build(config: SamConfig, total_steps: int = 12):
     """(model, optimizer, fresh TrainState, frozen params) for `config`."""
     model = Sam(config)
     params = random_params(model)
-    labels = partition.label_params(params, config.peft)
+    labels = partition.label_params(params)
     trainable, frozen = partition.split(params, labels)
     trainable_labels, _ = partition.split(labels, labels)
     optimizer = partition.make_optimizer(
@@ -159,7 +159,7 @@ def main(argv=None) -> int:
     data = data_iterator()
     with TrainCheckpointer(args.workdir, max_to_keep=2) as ckpt:
         if ckpt.latest_step() is not None:
-            state, data_state, _ = ckpt.restore(state)
+            state, data_state = ckpt.restore(state)[:2]
             data.set_state(data_state)
         print(f"start {int(state.step)}", flush=True)
         while int(state.step) < args.steps:

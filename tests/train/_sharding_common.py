@@ -98,7 +98,7 @@ def make_batch(batch: int = BATCH, prompts: int = PROMPTS, seed: int = 0) -> dic
 def setup(params: dict):
     """(model, train step function, initial TrainState, frozen params) for `params`."""
     model = Sam(CONFIG)
-    labels = partition.label_params(params, CONFIG.peft)
+    labels = partition.label_params(params)
     trainable, frozen = partition.split(params, labels)
     trainable_labels, _ = partition.split(labels, labels)
     adamw = optax.adamw(LEARNING_RATE, eps=ADAM_EPS, weight_decay=1e-4)

@@ -81,7 +81,7 @@ def test_round_trip_is_bit_identical(tmp_path):
     # A fresh checkpointer, as after a restart, restoring into a freshly created state.
     with TrainCheckpointer(tmp_path / "ckpt") as ckpt:
         assert ckpt.all_steps() == [2, 7] and ckpt.latest_step() == 7
-        restored, restored_data, restored_metadata = ckpt.restore(fresh, step=2)
+        restored, restored_data, restored_metadata, _ = ckpt.restore(fresh, step=2)
         assert_trees_identical(restored, state)
         assert int(restored.step) == 2
         assert restored_data == data_state
@@ -200,7 +200,7 @@ def test_interrupted_save_never_becomes_latest(tmp_path):
 
     with TrainCheckpointer(workdir) as ckpt:
         assert ckpt.latest_step() == 1
-        state, data_state, _ = ckpt.restore(small_state(0.0))
+        state, data_state = ckpt.restore(small_state(0.0))[:2]
         assert_trees_identical(state, small_state(1.0))
         assert data_state == {"next_index": 1}
         # The leftover is cleared and the step can be saved again.

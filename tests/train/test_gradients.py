@@ -90,7 +90,7 @@ def _check_preset(name, rng):
     # As device arrays: `frozen` is closed over below, and NumPy constants in a traced
     # function would be indexed by tracers (the encoder's relative-position lookup).
     params = jax.tree_util.tree_map(jax.numpy.asarray, random_params(model, rng, dtype=np.float64))
-    labels = partition.label_params(params, config.peft)
+    labels = partition.label_params(params)
     trainable, frozen = partition.split(params, labels)
     batch = _batch(config, rng)
     loss_config = step_lib.LossConfig(multimask=False)

@@ -9,7 +9,7 @@ import torch
 from segment_anything import build_sam_vit_b
 
 from mopeft_jax import Sam, SamConfig
-from mopeft_jax.peft import preset
+from mopeft_jax.peft import method, preset
 from mopeft_jax.train import partition
 
 VIT_B = SamConfig.vit_b()
@@ -50,7 +50,7 @@ def test_lora_rank_8_on_q_and_v_of_vit_b():
 )
 def test_trainable_counts_of_peft_presets_on_vit_b(name):
     params = abstract_params(VIT_B.replace(peft=preset(name)))
-    trainable, frozen = partition.split(params, partition.label_params(params, preset(name)))
+    trainable, frozen = partition.split(params, partition.label_params(params))
     assert count(trainable) == vit_b_counts()[name]
     assert count(frozen) == count(abstract_params(VIT_B))
 
@@ -64,7 +64,8 @@ def test_decoder_only_and_full_finetune_counts_equal_the_official_parameters():
         ("full_finetune", sum(p.numel() for p in official.parameters())),
     ]:
         params = abstract_params(VIT_B.replace(peft=preset(name)))
-        trainable, _ = partition.split(params, partition.label_params(params, preset(name)))
+        labels = partition.label_params(params, method(name).trainable)
+        trainable, _ = partition.split(params, labels)
         assert count(trainable) == expected, name
 
 
@@ -76,11 +77,11 @@ def test_labels_by_path():
             encoder_num_heads=1,
             image_size=64,
             encoder_global_attn_indexes=(0,),
-            peft=preset("mopeft_plus", trainable="peft+decoder"),
+            peft=preset("mopeft_plus"),
         )
     )
     labels = flax.traverse_util.flatten_dict(
-        partition.label_params(params, preset("mopeft_plus", trainable="peft+decoder")), sep="/"
+        partition.label_params(params, "peft+decoder"), sep="/"
     )
     assert labels["image_encoder/blocks_0/lora_q/lora_a/kernel"] == "peft"
     assert labels["image_encoder/blocks_0/gate_adapter/dense/kernel"] == "gate"
@@ -94,7 +95,7 @@ def test_labels_by_path():
 def test_frozen_parameters_have_no_optimizer_state():
     config = VIT_B.replace(peft=preset("mopeft"))
     params = abstract_params(config)
-    labels = partition.label_params(params, config.peft)
+    labels = partition.label_params(params)
     trainable, _ = partition.split(params, labels)
     trainable_labels, _ = partition.split(labels, labels)
     optimizer = partition.make_optimizer(partition.OptimizerConfig(), trainable_labels)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from tiny_setup import tiny_batch, tiny_setup
 
-from mopeft_jax.peft import preset
+from mopeft_jax.peft import method, preset
 from mopeft_jax.train.loss import sam_loss
 from mopeft_jax.train.partition import merge
 from mopeft_jax.train.step import LossConfig, TrainState, make_train_step, predict_masks
@@ -31,7 +31,9 @@ DEFAULT_MAX_FRACTION = 0.85
 
 
 def train(name, steps, loss_config=LossConfig()):
-    model, trainable, frozen, optimizer = tiny_setup(preset(name), total_steps=steps)
+    model, trainable, frozen, optimizer = tiny_setup(
+        preset(name), total_steps=steps, trainable=method(name).trainable
+    )
     step = jax.jit(make_train_step(model, optimizer, loss_config))
     state = TrainState.create(trainable, optimizer)
     batch = tiny_batch()

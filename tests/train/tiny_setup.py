@@ -44,13 +44,14 @@ def tiny_batch(batch_size=2, prompts=3, seed=0):
     )
 
 
-def tiny_setup(peft, seed=0, learning_rates=None, total_steps=100):
-    """(model, trainable, frozen, optimizer) for TINY with `peft`, from a random plain SAM."""
+def tiny_setup(peft, seed=0, learning_rates=None, total_steps=100, trainable="peft"):
+    """(model, trainable, frozen, optimizer) for TINY with `peft`, from a random plain SAM;
+    `trainable` says what trains (`mopeft_jax.peft.TRAINABLE`)."""
     config = TINY.replace(peft=peft)
     model = Sam(config)
     sam_params = Sam(TINY).init_params(jax.random.key(seed + 100))
     params = model.init_params(jax.random.key(seed), pretrained=sam_params)
-    labels = partition.label_params(params, peft)
+    labels = partition.label_params(params, trainable)
     trainable, frozen = partition.split(params, labels)
     trainable_labels, _ = partition.split(labels, labels)
     rates = learning_rates or {"gate": 1e-2, "peft": 1e-2, "decoder": 1e-3, "sam": 1e-4}

@@ -1,4 +1,4 @@
-"""experiments.train: resume after an interruption, and a clear stop on a NaN loss."""
+"""Training runs: resume after an interruption, and a clear stop on a NaN loss."""
 
 import json
 
@@ -6,14 +6,14 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import train as train_lib
 from experiments.configs.demo import get_config
+from mopeft_jax.experiment import trainer as train_lib
 
 
 def small_config(steps=6):
     config = get_config()
     config.peft = "mopeft"
-    config.data.name = "color_shift"
+    config.data.name = "synthetic:color_shift"
     config.data.num_examples = 16
     config.pipeline.batch_size = 2
     config.pipeline.max_prompts = 4

@@ -1,11 +1,10 @@
-"""SAM evaluated as the MESS benchmark evaluates it (SPEC section 6), over any random-access source.
+"""SAM evaluated as the MESS benchmark evaluates it (docs/evaluation.md), over any dataset.
 
 Per image (``source[i]`` a dict with ``"image"`` (H, W, 3) uint8 and ``"label"`` (H, W) int):
 
-1. the image is preprocessed exactly as ``segment_anything`` does it: resized so that its longest
-   side is ``model.config.image_size`` with PIL's (antialiased) bilinear filter, as
-   ``ResizeLongestSide.apply_image`` does through torchvision, then normalised and zero-padded
-   (:func:`mopeft_jax.sam.transforms.normalize_and_pad`);
+1. the image is preprocessed exactly as ``segment_anything`` does it
+   (:func:`mopeft_jax.preprocessing.preprocess_image`: resized so that its longest side is
+   ``model.config.image_size``, normalised and zero-padded);
 2. the label is resized (nearest) to the same longest side and the oracle prompts are computed on
    it (:func:`mopeft_jax.evaluation.oracle_prompts`): one per 4-connected segment of at least 10
    pixels, background included, at most 100, largest first;
@@ -17,7 +16,8 @@ Per image (``source[i]`` a dict with ``"image"`` (H, W, 3) uint8 and ``"label"``
    (:func:`mopeft_jax.sam.transforms.postprocess_masks`) and turned into a class map
    (:func:`mopeft_jax.evaluation.semantic_map`);
 5. the image's :func:`~mopeft_jax.evaluation.confusion_matrix` is added to the dataset's; the
-   mIoU comes from the dataset-level matrix (:func:`~mopeft_jax.evaluation.mean_iou`).
+   mIoU comes from the dataset-level matrix (:func:`~mopeft_jax.evaluation.mean_iou`, with MESS's
+   own rule by default).
 
 :func:`results_table` formats several datasets' results as a markdown table with per-domain and
 benchmark means (PAXRay-4 is the mean of its four binary datasets and counts as one dataset).
@@ -29,26 +29,20 @@ import dataclasses
 import functools
 import math
 import time
-from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from mopeft_jax.evaluation import (
-    PROMPT_KINDS,
-    confusion_matrix,
-    group_means,
-    mean_iou,
-    mean_of,
-    oracle_prompts,
-    resize_label_longest_side,
-    semantic_map,
-)
-from mopeft_jax.preprocessing import resize_image, to_rgb
+from mopeft_jax.evaluation.metrics import confusion_matrix, group_means, mean_iou, mean_of
+from mopeft_jax.evaluation.prompts import oracle_prompts
+from mopeft_jax.evaluation.semantic_map import semantic_map
+from mopeft_jax.preprocessing import preprocess_image, resize_label_longest_side
 from mopeft_jax.sam.model import Sam
-from mopeft_jax.sam.transforms import normalize_and_pad, postprocess_masks, preprocess_shape
+from mopeft_jax.sam.transforms import postprocess_masks
+from mopeft_jax.segments import IGNORE_LABEL, check_label, check_prompt_kind
 
 __all__ = [
     "CompiledFunctions",
@@ -56,8 +50,9 @@ __all__ = [
     "PAXRAY_PREFIX",
     "PAXRAY_NAME",
     "compiled_functions",
+    "evaluate_dataset",
     "evaluate_source",
-    "preprocess_image",
+    "predict_class_map",
     "results_table",
 ]
 
@@ -74,10 +69,11 @@ class EvalResult:
     Attributes:
       confusion: ``(K, K)`` int64 confusion matrix summed over the images, rows ground truth,
         columns prediction, ignore pixels left out.
-      miou: mean IoU as a fraction in ``[0, 1]`` (over the classes present in the ground truth).
-      iou_per_class: ``(K,)`` float64, NaN for classes absent from the ground truth.
+      miou: mean IoU as a fraction in ``[0, 1]``, by ``protocol``'s rule.
+      iou_per_class: ``(K,)`` float64, NaN for the classes the protocol leaves out.
       num_images: images evaluated.
       seconds: wall-clock time of the evaluation (compilation included).
+      protocol: the mIoU rule (``mean_iou``'s ``protocol``: "mess" or "detectron2").
     """
 
     confusion: np.ndarray
@@ -85,6 +81,7 @@ class EvalResult:
     iou_per_class: np.ndarray
     num_images: int
     seconds: float
+    protocol: str = "mess"
 
     def to_json(self) -> Dict[str, Any]:
         """A JSON-serialisable dict (NaN as None; mIoU as a fraction and in percent)."""
@@ -94,6 +91,7 @@ class EvalResult:
             "iou_per_class": [_json_float(v) for v in self.iou_per_class],
             "num_images": int(self.num_images),
             "seconds": float(self.seconds),
+            "protocol": self.protocol,
             "confusion": np.asarray(self.confusion).tolist(),
         }
 
@@ -170,36 +168,6 @@ _postprocess = jax.jit(
 # ---------------------------------------------------------------------------------------------
 
 
-def preprocess_image(
-    image,
-    image_size: int,
-    pixel_mean: Sequence[float],
-    pixel_std: Sequence[float],
-) -> Tuple[jax.Array, Tuple[int, int]]:
-    """An image as ``segment_anything``'s ``SamPredictor.set_image`` prepares it.
-
-    ``ResizeLongestSide.apply_image`` resizes the uint8 image with torchvision on a PIL image,
-    i.e. ``PIL.Image.resize(..., BILINEAR)`` (antialiased when downscaling, rounded to uint8);
-    the input pipeline's :func:`mopeft_jax.data.pipeline.resize_image` does exactly that (the
-    float resize of ``transforms.resize_longest_side`` lacks the rounding). ``Sam.preprocess``
-    then normalises and pads (:func:`mopeft_jax.sam.transforms.normalize_and_pad`).
-
-    Args:
-      image: ``(H, W, 3)`` uint8 RGB; ``(H, W)``, ``(H, W, 1)`` and ``(H, W, 4)`` are turned
-        into RGB (alpha dropped), as :func:`mopeft_jax.data.pipeline.to_rgb` does.
-      image_size: the model's input side ``S``.
-      pixel_mean, pixel_std: the model's normalisation.
-
-    Returns:
-      ``(pixels, input_size)``: ``(S, S, 3)`` float32 encoder input and the ``(H', W')`` of the
-      resized image inside it.
-    """
-    image = to_rgb(image)
-    input_size = preprocess_shape(image.shape[0], image.shape[1], image_size)
-    resized = resize_image(image, input_size)
-    return normalize_and_pad(resized, image_size, pixel_mean, pixel_std), input_size
-
-
 def _next_power_of_two(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
@@ -271,7 +239,7 @@ def predict_class_map(
     *,
     num_classes: int,
     background_class: Optional[int],
-    ignore_label: int = 255,
+    ignore_label: int = IGNORE_LABEL,
     prompt_kind: str = "box",
     prompt_bucket: int = 100,
     seed: int = 42,
@@ -283,11 +251,7 @@ def predict_class_map(
     against it, logits upscaled to the label's size, then ``semantic_map``.
     """
     config = model.config
-    image, label = np.asarray(image), np.asarray(label)
-    if label.ndim == 3 and label.shape[-1] == 1:
-        label = label[..., 0]
-    if label.ndim != 2 or image.shape[:2] != label.shape:
-        raise ValueError(f"{name}: image {image.shape} and label {label.shape} must share (H, W)")
+    label = check_label(label, shape=np.shape(image), name=f"{name}: the label")
     pixels, input_size = preprocess_image(
         image, config.image_size, config.pixel_mean, config.pixel_std
     )
@@ -319,11 +283,12 @@ def evaluate_source(
     *,
     num_classes: int,
     background_class: Optional[int],
-    ignore_label: Optional[int] = 255,
+    ignore_label: Optional[int] = IGNORE_LABEL,
     prompt_kind: str = "box",
     max_images: Optional[int] = None,
     prompt_bucket: int = 100,
     seed: int = 42,
+    protocol: str = "mess",
     progress: bool = True,
     desc: Optional[str] = None,
 ) -> EvalResult:
@@ -344,14 +309,15 @@ def evaluate_source(
         compilation for every image) and cut into chunks of it when there are more.
       seed: seed of the oracle points, the same for every image (an image's prompts do not
         depend on which other images are evaluated).
+      protocol: the mIoU rule, ``mean_iou``'s: "mess" (MESS's evaluator, the default) or
+        "detectron2".
       progress: show a tqdm progress bar.
       desc: the progress bar's label.
 
     Returns:
       The :class:`EvalResult` of the dataset.
     """
-    if prompt_kind not in PROMPT_KINDS:
-        raise ValueError(f"prompt_kind must be one of {PROMPT_KINDS}, got {prompt_kind!r}")
+    check_prompt_kind(prompt_kind)
     if prompt_bucket < 1:
         raise ValueError(f"prompt_bucket must be >= 1, got {prompt_bucket}")
     if num_classes < 1:
@@ -379,8 +345,25 @@ def evaluate_source(
         )
         confusion += confusion_matrix(pred, label, num_classes, ignore_label)
     seconds = time.perf_counter() - start_time
-    miou, iou_per_class = mean_iou(confusion)
-    return EvalResult(confusion, miou, iou_per_class, num_images, seconds)
+    miou, iou_per_class = mean_iou(confusion, protocol=protocol)
+    return EvalResult(confusion, miou, iou_per_class, num_images, seconds, protocol)
+
+
+def evaluate_dataset(model: Sam, params, dataset, **options) -> EvalResult:
+    """:func:`evaluate_source` on a dataset of the registry (``mopeft_jax.data.load_dataset``),
+    with its number of classes, background class and ignore label; ``options`` are
+    :func:`evaluate_source`'s (``prompt_kind``, ``max_images``, ...)."""
+    info = dataset.info
+    options.setdefault("desc", dataset.spec)
+    return evaluate_source(
+        model,
+        params,
+        dataset.source,
+        num_classes=info.num_classes,
+        background_class=info.background_class,
+        ignore_label=info.ignore_label,
+        **options,
+    )
 
 
 # ---------------------------------------------------------------------------------------------

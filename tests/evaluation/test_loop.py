@@ -1,4 +1,4 @@
-"""The MESS evaluation protocol (experiments/mess_eval.py) and its command line.
+"""The MESS evaluation loop (mopeft_jax.evaluation.loop).
 
 Most tests replace `Sam.decode` by a stand-in whose masks are known, so that the result of the
 whole pipeline (image and label resizing, oracle prompts, chunked decoding, choice of the first
@@ -8,21 +8,16 @@ low-res resolution; with patch size 4 that equals the model's input size, and la
 is an integer fraction of it make every resampling step exact.
 """
 
-import json
-import pathlib
-import subprocess
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import evaluate, mess_eval
-from mopeft_jax import Sam, SamConfig, save_pretrained
+from mopeft_jax import Sam, SamConfig
 from mopeft_jax.data import SyntheticSegmentation
 from mopeft_jax.evaluation import (
     connected_segments,
+    loop,
     mean_iou,
     oracle_prompts,
     resize_label_longest_side,
@@ -136,12 +131,12 @@ def stand_in(monkeypatch):
 
     def install(recorder, draw):
         decoder = StandInDecoder(recorder, draw)
-        mess_eval.compiled_functions.cache_clear()
+        loop.compiled_functions.cache_clear()
         monkeypatch.setattr(Sam, "decode", decoder)
         return decoder
 
     yield install
-    mess_eval.compiled_functions.cache_clear()
+    loop.compiled_functions.cache_clear()
 
 
 def _oracle_draw(label_in, prompt, size):
@@ -193,7 +188,7 @@ def test_oracle_decoder_gives_perfect_miou(stand_in, kind):
     recorder = LabelRecorder(examples, FINE_128.image_size)
     decoder = stand_in(recorder, _oracle_draw)
     # A small bucket: images with more prompts are decoded in chunks.
-    result = mess_eval.evaluate_source(
+    result = loop.evaluate_source(
         model,
         params,
         recorder,
@@ -250,7 +245,7 @@ def test_hand_computed_confusion(stand_in):
     ]
     recorder = LabelRecorder(examples, FINE_64.image_size)
     stand_in(recorder, _box_fill_draw)
-    result = mess_eval.evaluate_source(
+    result = loop.evaluate_source(
         model, params, recorder, num_classes=3, background_class=2, progress=False
     )
     expected = np.array(
@@ -277,8 +272,8 @@ def test_chunked_prompts_match_one_big_bucket(tiny):
     ]
     assert max(counts) > 2 * 3  # three chunks or more
     kwargs = dict(num_classes=5, background_class=0, prompt_kind="box", progress=False)
-    small = mess_eval.evaluate_source(model, params, source, prompt_bucket=3, **kwargs)
-    big = mess_eval.evaluate_source(model, params, source, prompt_bucket=128, **kwargs)
+    small = loop.evaluate_source(model, params, source, prompt_bucket=3, **kwargs)
+    big = loop.evaluate_source(model, params, source, prompt_bucket=128, **kwargs)
     np.testing.assert_array_equal(small.confusion, big.confusion)
     assert small.miou == big.miou
 
@@ -288,7 +283,7 @@ def test_real_tiny_model_end_to_end(tiny, kind):
     """(d) The random tiny SAM runs end to end; every non-ignore pixel is counted once."""
     model, params = tiny
     source = SyntheticSegmentation("noise_shift", "val", 3, image_size=(48, 40))
-    result = mess_eval.evaluate_source(
+    result = loop.evaluate_source(
         model, params, source, num_classes=5, background_class=0, prompt_kind=kind, progress=False
     )
     labels = np.stack([source[i]["label"] for i in range(3)])
@@ -298,7 +293,7 @@ def test_real_tiny_model_end_to_end(tiny, kind):
     miou, iou = mean_iou(result.confusion)
     assert result.miou == miou and 0 <= miou <= 1
     np.testing.assert_array_equal(result.iou_per_class, iou)
-    limited = mess_eval.evaluate_source(
+    limited = loop.evaluate_source(
         model,
         params,
         source,
@@ -313,7 +308,7 @@ def test_real_tiny_model_end_to_end(tiny, kind):
 
 
 def _result(miou, images=1):
-    return mess_eval.EvalResult(np.eye(2, dtype=np.int64), miou, np.array([miou]), images, 1.0)
+    return loop.EvalResult(np.eye(2, dtype=np.int64), miou, np.array([miou]), images, 1.0)
 
 
 def test_results_table_means():
@@ -331,7 +326,7 @@ def test_results_table_means():
         "kvasir_instrument": "Medical Sciences",
         "deepcrack": "Engineering",
     }
-    table = mess_eval.results_table(results, domains)
+    table = loop.results_table(results, domains)
     lines = table.splitlines()
     assert lines[0] == "| Dataset | Domain | Images | mIoU (%) |"
     assert "| bdd100k | General | 10 | 50.00 |" in lines
@@ -341,103 +336,3 @@ def test_results_table_means():
     assert "| _Engineering_ (mean of 1) |  |  | 40.00 |" in lines
     # Benchmark: bdd 50, PAXRay-4 70, kvasir 20, deepcrack 40.
     assert lines[-1] == "| **Mean** (4 datasets) |  |  | 45.00 |"
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tiny, tmp_path_factory):
-    model, params = tiny
-    directory = tmp_path_factory.mktemp("ckpt") / "tiny"
-    save_pretrained(directory, model.config, params)
-    return directory
-
-
-def test_cli_prints_table_and_appends_json(checkpoint, tmp_path, capsys):
-    """(e) The command line on a converted tiny checkpoint."""
-    output = tmp_path / "results.jsonl"
-    argv = [
-        "--checkpoint",
-        str(checkpoint),
-        "--dataset",
-        "synthetic:source",
-        "synthetic:noise_shift",
-        "--max-images",
-        "2",
-        "--synthetic-image-size",
-        "40",
-        "--output",
-        str(output),
-        "--no-progress",
-    ]
-    assert evaluate.main(argv) == 0
-    out = capsys.readouterr().out
-    assert "| synthetic:source | Synthetic | 2 |" in out
-    assert "| synthetic:noise_shift | Synthetic | 2 |" in out
-    assert "**Mean** (2 datasets)" in out
-    records = [json.loads(line) for line in output.read_text().splitlines()]
-    assert [r["dataset"] for r in records] == ["synthetic:source", "synthetic:noise_shift"]
-    for record in records:
-        assert record["split"] == "val" and record["prompt"] == "box"
-        assert record["num_images"] == 2
-        assert np.asarray(record["confusion"]).shape == (5, 5)
-        assert record["miou_percent"] == pytest.approx(100 * record["miou"])
-    assert evaluate.main(argv[:-1] + ["--prompt", "point", "--no-progress"]) == 0
-    assert len(output.read_text().splitlines()) == 4
-
-
-def _one_line_error(capsys):
-    captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1, captured.err
-    assert lines[0].startswith("error: ")
-    return lines[0]
-
-
-def test_cli_missing_mess_data_dir(checkpoint, tmp_path, capsys):
-    missing = tmp_path / "no_such_dir"
-    argv = ["--checkpoint", str(checkpoint), "--dataset", "mess:bdd100k"]
-    assert evaluate.main(argv + ["--data-dir", str(missing)]) == 1
-    assert str(missing) in _one_line_error(capsys)
-    assert not missing.exists()
-    # An existing folder without the prepared dataset: the MESS builder's own error (the
-    # manual directory it would build from is missing), on one line.
-    empty = tmp_path / "tfds"
-    empty.mkdir()
-    assert evaluate.main(argv + ["--data-dir", str(empty)]) == 1
-    assert "manual directory" in _one_line_error(capsys)
-
-
-def test_cli_bad_arguments(checkpoint, tmp_path, capsys):
-    assert evaluate.main(["--checkpoint", str(checkpoint), "--dataset", "synthetic:nope"]) == 1
-    assert "unknown synthetic domain" in _one_line_error(capsys)
-    assert evaluate.main(["--checkpoint", str(checkpoint), "--dataset", "mess:nope"]) == 1
-    assert "unknown MESS dataset" in _one_line_error(capsys)
-    assert evaluate.main(["--checkpoint", str(checkpoint), "--dataset", "bdd100k"]) == 1
-    assert "expected synthetic:<domain> or mess:<name>" in _one_line_error(capsys)
-    argv = ["--checkpoint", str(tmp_path / "none"), "--dataset", "synthetic:source"]
-    assert evaluate.main(argv) == 1
-    assert "not a mopeft-jax checkpoint" in _one_line_error(capsys)
-
-
-def test_cli_subprocess_exit_status(tmp_path):
-    """`python -m experiments.evaluate`: exit status 1 and no traceback on missing data."""
-    missing = tmp_path / "no_such_dir"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "experiments.evaluate",
-            "--checkpoint",
-            str(tmp_path),
-            "--dataset",
-            "mess:paxray_lungs",
-            "--data-dir",
-            str(missing),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=pathlib.Path(__file__).resolve().parents[2],
-    )
-    assert proc.returncode == 1
-    assert "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1].startswith("error: ")

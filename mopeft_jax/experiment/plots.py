@@ -12,7 +12,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-SUBMODULES = ("lora_q", "lora_v", "prefix", "prefix_k", "prefix_v", "adapter")
+from mopeft_jax.peft import names  # noqa: E402
+
+# The gated submodules of a block, in the order the gate plot lists them.
+SUBMODULES = (*names.LORA_LAYERS, names.PREFIX, *names.PREFIX_KV, names.ADAPTER)
 
 
 def gate_plot(results: Sequence, path: pathlib.Path) -> None:
@@ -65,7 +68,8 @@ def loss_curves(results: Sequence, path: pathlib.Path) -> None:
 
 
 def overlay(image: np.ndarray, label_map: np.ndarray, num_classes: int, alpha: float = 0.5):
-    """Colours a class map (H, W) over an RGB image (H, W, 3) uint8; 255 stays uncoloured."""
+    """Colours a class map (H, W) over an RGB image (H, W, 3) uint8; values >= num_classes (the
+    ignore label) stay uncoloured."""
     colours = (plt.get_cmap("tab10")(np.arange(num_classes) % 10)[:, :3] * 255).astype(np.float32)
     out = image.astype(np.float32).copy()
     known = label_map < num_classes
@@ -95,7 +99,7 @@ def mask_overlay(
     model, params, source, info, path: pathlib.Path, num_images: int = 3, prompt_kind: str = "box"
 ) -> None:
     """Predicted class maps (MESS protocol, oracle prompts) next to the ground truth."""
-    from experiments.mess_eval import predict_class_map  # pylint: disable=g-import-not-at-top
+    from mopeft_jax.evaluation.loop import predict_class_map  # pylint: disable=g-import-not-at-top
 
     rows = []
     for i in range(min(num_images, len(source))):

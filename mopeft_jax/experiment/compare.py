@@ -1,0 +1,180 @@
+"""The paper's comparison: zero-shot SAM, each single PEFT, full fine-tuning and MoPEFT.
+
+For every dataset in `config.compare.datasets` ("kind:name") and every method in
+`config.compare.methods`, trains the method on the dataset's train split (resuming finished or
+interrupted runs in WORKDIR/<dataset>/<method>) and evaluates it MESS-style on the evaluation
+split. Writes WORKDIR/results.md and results.csv (mIoU per dataset and the mean, trainable
+parameters, step time), results.jsonl, and PNG plots: gate values per block and dataset, loss
+curves, predicted masks over images.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import functools
+import json
+import pathlib
+from typing import Dict, List
+
+import jax
+import ml_collections
+import numpy as np
+
+from mopeft_jax.evaluation.loop import evaluate_dataset
+from mopeft_jax.experiment import config as config_lib
+from mopeft_jax.experiment import plots
+from mopeft_jax.experiment.trainer import train
+from mopeft_jax.peft.gates import gate_values
+from mopeft_jax.preprocessing import preprocess_image
+from mopeft_jax.pretrained import RunModel
+from mopeft_jax.sam.model import Sam
+
+ZERO_SHOT = "zero_shot"
+RESULT_FILES = ("results.jsonl", "results.md", "results.csv")
+"""What a comparison writes in its folder besides the runs and plots."""
+
+
+@dataclasses.dataclass
+class MethodResult:
+    method: str
+    dataset: str
+    domain: str
+    miou: float
+    trainable: int
+    step_seconds: float
+    history: List[Dict[str, float]]
+    gates: Dict[str, float]
+
+
+def run_comparison(
+    config: ml_collections.ConfigDict, workdir, *, progress: bool = True
+) -> List[MethodResult]:
+    """Trains and evaluates every (dataset, method) pair of `config.compare`.
+
+    Args:
+      config: an experiment config with a `compare` section (datasets, methods); the model
+        to adapt is its `checkpoint` (or a random init of `model`).
+      workdir: output folder; each run trains in WORKDIR/<dataset>/<method>.
+      progress: show progress bars.
+    """
+    workdir = pathlib.Path(workdir)
+    results = []
+    for name in config.compare.datasets:
+        for method in config.compare.methods:
+            run_config = copy.deepcopy(config)
+            run_config.data.name = name
+            if method != ZERO_SHOT:
+                run_config.peft = method
+            eval_set = config_lib.dataset(run_config, config.eval.split or None)
+            run_dir = workdir / eval_set.info.name / method
+            result = _run_one(run_config, method, eval_set, run_dir, progress)
+            results.append(result)
+            with open(workdir / "results.jsonl", "a") as f:
+                record = dataclasses.asdict(result)
+                record.pop("history")
+                f.write(json.dumps(record) + "\n")
+            print(f"{name:>24s} {method:>14s}: mIoU {100 * result.miou:6.2f}", flush=True)
+    write_tables(results, workdir)
+    plots.gate_plot(results, workdir / "gates.png")
+    plots.loss_curves(results, workdir / "loss_curves.png")
+    return results
+
+
+def _run_one(config, method, eval_set, run_dir: pathlib.Path, progress) -> MethodResult:
+    """Trains `method` (unless zero-shot) in `run_dir` and evaluates it on `eval_set`."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if method == ZERO_SHOT:
+        sam_config, base = config_lib.model_config(config)
+        sam = RunModel(sam_config.replace(peft=None), "peft", base, config.train.seed)
+        model, params = Sam(sam.sam_config), sam.initial_params()
+        trainable, history, step_seconds = 0, [], float("nan")
+    else:
+        trained = train(config, run_dir, progress=progress)
+        model, params = trained.model, trained.params
+        trainable = sum(int(np.size(x)) for x in jax.tree_util.tree_leaves(trained.trainable))
+        history, step_seconds = trained.history, trained.step_seconds
+    result = evaluate_dataset(
+        model,
+        params,
+        eval_set,
+        prompt_kind=config.eval.prompt,
+        max_images=config.eval.max_images or None,
+        progress=progress,
+    )
+    gates = _mean_gates(model, params, eval_set.source) if _is_gated(model) else {}
+    plots.mask_overlay(
+        model, params, eval_set.source, eval_set.info, run_dir.parent / f"masks_{method}.png"
+    )
+    info = eval_set.info
+    return MethodResult(
+        method,
+        info.name,
+        info.domain,
+        float(result.miou),
+        trainable,
+        step_seconds,
+        history,
+        gates,
+    )
+
+
+def _is_gated(model: Sam) -> bool:
+    return model.config.peft is not None and model.config.peft.gated
+
+
+def _mean_gates(model: Sam, params, source, num_images: int = 4) -> Dict[str, float]:
+    """Gate values averaged over a few evaluation images."""
+    cfg = model.config
+    images = np.stack(
+        [
+            preprocess_image(source[i]["image"], cfg.image_size, cfg.pixel_mean, cfg.pixel_std)[0]
+            for i in range(min(num_images, len(source)))
+        ]
+    )
+    return {name: float(np.mean(value)) for name, value in _gates_fn(model)(params, images).items()}
+
+
+@functools.lru_cache(maxsize=8)
+def _gates_fn(model: Sam):
+    """Jitted (params, images) -> {gate name: (B,) values}, cached per model."""
+
+    def gates(params, images):
+        _, state = model.apply(
+            {"params": params}, images, method=Sam.encode_image, mutable=["gates"]
+        )
+        return gate_values(state)
+
+    return jax.jit(gates)
+
+
+def write_tables(results: List[MethodResult], workdir: pathlib.Path) -> str:
+    """results.md (mIoU per dataset, domain and mean; params; step time) and results.csv."""
+    methods = list(dict.fromkeys(r.method for r in results))
+    names = list(dict.fromkeys(r.dataset for r in results))
+    by_key = {(r.method, r.dataset): r for r in results}
+    header = ["method", *names, "mean", "trainable params", "s / step"]
+    rows = []
+    for method in methods:
+        mious = [by_key[(method, n)].miou * 100 for n in names if (method, n) in by_key]
+        first = next(r for r in results if r.method == method)
+        rows.append(
+            [
+                method,
+                *[f"{m:.2f}" for m in mious],
+                f"{np.mean(mious):.2f}",
+                f"{first.trainable:,}",
+                "" if np.isnan(first.step_seconds) else f"{first.step_seconds:.3f}",
+            ]
+        )
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    table = "mIoU (%) per dataset, MESS protocol\n\n" + "\n".join(lines) + "\n"
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "results.md").write_text(table)
+    with open(workdir / "results.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return table
