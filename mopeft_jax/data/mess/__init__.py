@@ -1,6 +1,6 @@
 """tensorflow-datasets builders for the MESS-20 datasets, and training sources for two of them.
 
-Each dataset is a :class:`~mopeft_jax.data.mess.base.MessSpec` in its own module; importing this
+Each dataset is a :class:`~mopeft_jax.data.mess.spec.MessSpec` in its own module; importing this
 package registers one tfds builder per spec (``mess_<name>``). Prepare a dataset from the files
 you downloaded into a folder (the *manual directory*), then read it with numpy only::
 
@@ -51,20 +51,12 @@ from mopeft_jax.data.mess import (  # noqa: F401
     uavid,
     zerowaste,
 )
-from mopeft_jax.data.mess.base import (
-    DEV_SPLIT,
-    DOMAINS,
-    IGNORE_LABEL,
-    ManualDataError,
-    MessSpec,
-    SizeMismatchError,
-    build,
-    builder_class,
-    check_manual_dir,
-    data_source,
-    get_spec,
-)
-from mopeft_jax.data.mess.base import REGISTRY as _REGISTRY
+from mopeft_jax.data.mess.builder import build, builder_class, data_source
+from mopeft_jax.data.mess.manual_dir import check_manual_dir
+from mopeft_jax.data.mess.spec import DEV_SPLIT, DOMAINS, MessSpec, get_spec
+from mopeft_jax.data.mess.spec import REGISTRY as _REGISTRY
+from mopeft_jax.data.records import ManualDataError, SizeMismatchError
+from mopeft_jax.segments import IGNORE_LABEL
 
 REGISTRY = types.MappingProxyType(_REGISTRY)
 """Read-only ``name -> MessSpec`` of every builder here (26: the 23 of :data:`MESS20`, where PAXRay-4
