@@ -184,7 +184,8 @@ def make_dark_zurich(manual: Path) -> Expect:
     seq = "val/night/GOPR0356"
     for k in range(2):
         stem = f"GOPR0356_frame_00032{k}"
-        ids = np.array([[0, 7, 8, 33, 26, 5, 34, 1]] * 6, np.uint8)  # 5, 34, 1: not a class
+        ids = np.array([[0, 7, 8, 33, 26, 11, 19, 31]] * 6, np.uint8)
+        ids[5, 5:] = (5, 34, 1)  # not class ids, but marked invalid (as MESS's script needs)
         invalid = np.zeros((6, 8), np.uint8)
         invalid[5, :] = 255
         data, image = png(100 + k)
@@ -192,7 +193,7 @@ def make_dark_zurich(manual: Path) -> Expect:
         files[f"gt/{seq}/{stem}_gt_labelIds.png"] = encode(ids)
         files[f"gt/{seq}/{stem}_gt_invGray.png"] = encode(invalid)
         files[f"gt/{seq}/{stem}_gt_labelColor.png"] = encode(rgb_image(k))
-        want = np.array([[0, 1, 2, 19, 14, IGNORE, IGNORE, IGNORE]] * 6, np.uint8)
+        want = np.array([[0, 1, 2, 19, 14, 3, 7, 17]] * 6, np.uint8)
         want[5, :] = IGNORE
         expect.labels[("val", f"night/GOPR0356/{stem}_rgb_anon.png")] = want
         expect.images[("val", f"night/GOPR0356/{stem}_rgb_anon.png")] = image

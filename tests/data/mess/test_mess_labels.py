@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mopeft_jax.data.mess import atlantis, cwfid, isaid, isprs_potsdam, uavid
+from mopeft_jax.data.mess import atlantis, cwfid, dark_zurich, isaid, isprs_potsdam, uavid
 from mopeft_jax.data.mess.labels import lut_map, rgb_map
 
 
@@ -68,9 +68,14 @@ def test_uavid_looks_up_grey_values():
     np.testing.assert_array_equal(uavid._label(_image(colours)), [[1, 1, 7, 255, 255]])
 
 
-def test_atlantis_values_beyond_its_classes_are_ignored():
+def test_values_beyond_the_lookup_tables_are_ignored():
+    # MESS's np.vectorize(table.get) fails on them.
     values = Image.fromarray(np.array([[0, 1, 56, 57, 200]], np.uint8))
     np.testing.assert_array_equal(atlantis._label(values), [[255, 0, 55, 255, 255]])
+    ids = np.array([[0, 7, 33, 1, 5, 34]])
+    np.testing.assert_array_equal(
+        lut_map(ids, dark_zurich._ID_TO_CLASS), [[0, 1, 19, 255, 255, 255]]
+    )
 
 
 def test_lut_map():
