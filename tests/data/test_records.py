@@ -108,6 +108,7 @@ def test_bad_labels_and_sizes():
 
 
 def test_decode_image_lifts_the_pixel_limit_and_may_read_truncated_files(monkeypatch):
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", False)  # PIL's default
     data = _bytes(RGB, "JPEG")
     reference = _decode(data)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)  # RGB has 54 pixels: a "bomb" to PIL

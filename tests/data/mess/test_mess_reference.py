@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from _mess_fakes import SMALL_TILE, fakes
-from PIL import Image
+from PIL import Image, ImageFile
 
 from mopeft_jax.data import mess
 from mopeft_jax.data.mess import cwfid
@@ -238,6 +238,8 @@ def test_every_mess_dataset_is_compared():
 def _run_mess_script(name, script, root, monkeypatch):
     """Runs MESS's ``prepare_*.main()`` on ``root`` (4 px tiles, as our tiled builds here)."""
     monkeypatch.setitem(sys.modules, "gdown", types.ModuleType("gdown"))
+    # prepare_mhp_v1 sets PIL's LOAD_TRUNCATED_IMAGES on import: restored after the test.
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", ImageFile.LOAD_TRUNCATED_IMAGES)
     found = importlib.util.find_spec(f"mess.prepare_datasets.prepare_{script.script or name}")
     module = importlib.util.module_from_spec(found)  # not kept in sys.modules: it saw the stub
     found.loader.exec_module(module)
