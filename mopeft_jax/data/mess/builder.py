@@ -29,8 +29,13 @@ from tensorflow_datasets.core import utils as tfds_utils
 
 from mopeft_jax.data.mess.manual_dir import missing_message, missing_split_message, resolve
 from mopeft_jax.data.mess.spec import DEV_SPLIT, REGISTRY, MessSpec, get_spec
-from mopeft_jax.data.records import ManualDataError, Pair, SizeMismatchError, encode_example
-from mopeft_jax.data.records import features as record_features
+from mopeft_jax.data.records import (
+    ManualDataError,
+    Pair,
+    SizeMismatchError,
+    encode_example,
+    features,
+)
 
 __all__ = ["MessBuilder", "build", "builder_class", "carve_dev", "data_source", "register"]
 
@@ -112,7 +117,7 @@ class MessBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         return tfds.core.DatasetInfo(
             builder=self,
             description=description,
-            features=record_features(),
+            features=features(),
             supervised_keys=("image", "label"),
             homepage=spec.homepage,
             metadata=tfds.core.MetadataDict(spec.metadata()),
@@ -129,11 +134,11 @@ class MessBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 splits["train"], spec.dev_fraction, spec.name
             )
         empty = [s for s, pairs in splits.items() if not pairs]
-        if empty:
-            problems = {
-                key: f"found, but no image/label pairs for split(s) {', '.join(empty)}"
-                for key in sources
-            }
+        if empty or not splits:
+            found = "found, but no image/label pairs"
+            found += f" for split(s) {', '.join(empty)}" if empty else ""
+            lacking = {key: state for states in missing.values() for key, state in states.items()}
+            problems = {**lacking, **dict.fromkeys(sources, found)}
             raise ManualDataError(missing_message(spec, manual_dir, problems))
         self.info.metadata["missing_splits"] = missing
         return {split: self._generate_examples(pairs) for split, pairs in splits.items()}
