@@ -39,7 +39,7 @@ from etils import epath
 from PIL import Image
 from tensorflow_datasets.core import utils as tfds_utils
 
-from mopeft_jax.data.mess.base import ManualDataError, Pair, encode_example, features
+from mopeft_jax.data.records import ManualDataError, Pair, encode_example, features
 from mopeft_jax.data.registry import DatasetInfo
 from mopeft_jax.segments import IGNORE_LABEL
 

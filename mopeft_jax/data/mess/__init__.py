@@ -1,6 +1,6 @@
 """tensorflow-datasets builders for the MESS-20 datasets, and training sources for two of them.
 
-Each dataset is a :class:`~mopeft_jax.data.mess.base.MessSpec` in its own module; importing this
+Each dataset is a :class:`~mopeft_jax.data.mess.spec.MessSpec` in its own module; importing this
 package registers one tfds builder per spec (``mess_<name>``). Prepare a dataset from the files
 you downloaded into a folder (the *manual directory*), then read it with numpy only::
 
@@ -14,7 +14,24 @@ you downloaded into a folder (the *manual directory*), then read it with numpy o
 The same files can be built with plain tfds (``tfds.builder("mess_bdd100k")`` after importing
 this package, ``download_and_prepare(file_format="array_record", download_config=
 tfds.download.DownloadConfig(manual_dir=...))``). A missing or incomplete manual directory raises
-one :class:`ManualDataError` that lists the expected files and where to get them.
+one :class:`ManualDataError` that lists the expected files and where to get them. Where a split
+has a download of its own (iSAID, SUIM, FloodNet, DRIVE, MoNuSeg), the splits whose files are
+present are built, so the evaluated split's download is enough for an evaluation; reading a split
+left out raises :class:`ManualDataError` naming its files, and ``build`` adds it once they are
+there.
+
+What is built is what MESS evaluates: the images and labels that MESS's own preparation scripts
+(the ``mess-benchmark`` package) write, checked item by item against them in the tests; each
+spec's ``notes`` say where MESS's scripts are followed beyond the obvious (re-saved JPEGs, colours
+outside a palette) and which of their bugs are not copied.
+
+Modules: :mod:`~mopeft_jax.data.mess.spec` (``MessSpec``, ``Resource``, the registry),
+:mod:`~mopeft_jax.data.mess.archives` (reading downloads: folders, zip, tar),
+:mod:`~mopeft_jax.data.mess.manual_dir` (finding the files, the errors),
+:mod:`~mopeft_jax.data.mess.labels` (label mappings, image/label pairing),
+:mod:`~mopeft_jax.data.mess.builder` (the tfds builder, ``build``, ``data_source``), and one
+module per dataset. The example format, shared with the folder builder, is
+:mod:`mopeft_jax.data.records`.
 
 :data:`MESS20` lists the datasets by their MESS names; PAXRay-4 is four binary builders. Three more
 builders are training sources, not MESS datasets: CHASE DB1 and CryoNuSeg have no train split, so
@@ -51,20 +68,12 @@ from mopeft_jax.data.mess import (  # noqa: F401
     uavid,
     zerowaste,
 )
-from mopeft_jax.data.mess.base import (
-    DEV_SPLIT,
-    DOMAINS,
-    IGNORE_LABEL,
-    ManualDataError,
-    MessSpec,
-    SizeMismatchError,
-    build,
-    builder_class,
-    check_manual_dir,
-    data_source,
-    get_spec,
-)
-from mopeft_jax.data.mess.base import REGISTRY as _REGISTRY
+from mopeft_jax.data.mess.builder import build, builder_class, data_source
+from mopeft_jax.data.mess.manual_dir import check_manual_dir
+from mopeft_jax.data.mess.spec import DEV_SPLIT, DOMAINS, MessSpec, get_spec
+from mopeft_jax.data.mess.spec import REGISTRY as _REGISTRY
+from mopeft_jax.data.records import ManualDataError, SizeMismatchError
+from mopeft_jax.segments import IGNORE_LABEL
 
 REGISTRY = types.MappingProxyType(_REGISTRY)
 """Read-only ``name -> MessSpec`` of every builder here (26: the 23 of :data:`MESS20`, where PAXRay-4

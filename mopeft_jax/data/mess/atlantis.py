@@ -2,10 +2,13 @@
 
 The images and masks live in the dataset's git repository (``atlantis/images/<split>/<class
 folder>/*.jpg``, masks likewise as PNG). Mask values 1..56 are the classes (0..55 here); 0 is
-unlabelled and becomes the ignore label, as in MESS.
+unlabelled and becomes the ignore label, as in MESS. Images are stored as MESS's
+prepare_atlantis.py re-saves them (PIL's JPEG, quality 75), which is what MESS evaluates.
 """
 
-from mopeft_jax.data.mess import base
+from mopeft_jax.data.mess.builder import register
+from mopeft_jax.data.mess.labels import first_channel, lut_map, stem_pairs
+from mopeft_jax.data.mess.spec import MessSpec, Resource
 
 CLASSES = (
     "bicycle", "boat", "breakwater", "bridge", "building", "bus", "canal", "car", "cliff",
@@ -22,12 +25,12 @@ _VALUE_TO_CLASS = {value: value - 1 for value in range(1, len(CLASSES) + 1)}
 
 
 def _label(image):
-    return base.lut_map(base.first_channel(image), _VALUE_TO_CLASS)
+    return lut_map(first_channel(image), _VALUE_TO_CLASS)
 
 
 def _splits(src):
     return {
-        split: base.stem_pairs(
+        split: stem_pairs(
             src["repo"],
             f"images/{split}",
             src["repo"],
@@ -40,8 +43,8 @@ def _splits(src):
     }
 
 
-SPEC = base.register(
-    base.MessSpec(
+SPEC = register(
+    MessSpec(
         name="atlantis",
         title="ATLANTIS",
         domain="General",
@@ -52,7 +55,7 @@ SPEC = base.register(
         eval_split="test",
         mess_name="atlantis_sem_seg_test",
         resources=(
-            base.Resource(
+            Resource(
                 key="repo",
                 names=("atlantis", "atlantis-main.zip", "atlantis-master.zip", "atlantis-*"),
                 markers=("masks/train", "images/train", "images/val", "images/test"),
@@ -61,6 +64,10 @@ SPEC = base.register(
             ),
         ),
         splits=_splits,
+        resave_jpeg=True,
         download="git clone https://github.com/smhassanerfani/atlantis.git <manual_dir>/atlantis",
+        notes="Images are the JPEGs MESS's prepare_atlantis.py re-saves (PIL, quality 75) and "
+        "evaluates, not the downloaded bytes. Mask values above 56, for which MESS's script "
+        "has no class (it fails), are ignored (255).",
     )
 )

@@ -5,7 +5,9 @@ The 10K images and the semantic-segmentation labels come as two zips. Labels are
 ignore), as MESS reads them. MESS evaluates ``val``; a ``dev`` split is carved from ``train``.
 """
 
-from mopeft_jax.data.mess import base
+from mopeft_jax.data.mess.builder import register
+from mopeft_jax.data.mess.labels import first_channel, stem_pairs
+from mopeft_jax.data.mess.spec import MessSpec, Resource
 
 CLASSES = (
     "road",
@@ -34,12 +36,12 @@ def _palette_indices(image):
     # A palette PNG decodes to its indices, which are the train ids; RGB would mean a wrong file.
     if image.mode not in ("P", "L"):
         raise ValueError(f"expected a palette/grey label PNG, got mode {image.mode}")
-    return base.first_channel(image)
+    return first_channel(image)
 
 
 def _splits(src):
     return {
-        split: base.stem_pairs(
+        split: stem_pairs(
             src["images"],
             f"images/10k/{split}",
             src["labels"],
@@ -51,8 +53,8 @@ def _splits(src):
     }
 
 
-SPEC = base.register(
-    base.MessSpec(
+SPEC = register(
+    MessSpec(
         name="bdd100k",
         title="BDD100K",
         domain="General",
@@ -63,13 +65,13 @@ SPEC = base.register(
         eval_split="val",
         mess_name="bdd100k_sem_seg_val",
         resources=(
-            base.Resource(
+            Resource(
                 key="images",
                 names=("bdd100k_images_10k.zip", "bdd100k_images_10k", "bdd100k"),
                 markers=("images/10k/train", "images/10k/val"),
                 description='"10K Images" on https://bdd-data.berkeley.edu/ (after login).',
             ),
-            base.Resource(
+            Resource(
                 key="labels",
                 names=(
                     "bdd100k_sem_seg_labels_trainval.zip",

@@ -3,14 +3,17 @@
 Test-only, as in MESS: of the 28 images (sorted by name) MESS keeps the first 8 out and tests on
 the remaining 20, against the first observer's annotation (``*_1stHO.png``). There is no train
 split of its own: train on a related retinal-vessel dataset instead, DRIVE or STARE (the
-builders ``mess_drive`` and ``mess_stare``).
+builders ``mess_drive`` and ``mess_stare``). Images are stored as MESS's prepare_chase_db1.py
+re-saves them (PIL's JPEG, quality 75), which is what MESS evaluates.
 """
 
 import functools
 
 import numpy as np
 
-from mopeft_jax.data.mess import base
+from mopeft_jax.data.mess.builder import register
+from mopeft_jax.data.mess.spec import MessSpec, Resource
+from mopeft_jax.data.records import Pair
 
 CLASSES = ("others", "blood vessels")
 
@@ -18,7 +21,7 @@ _HELD_OUT = 8  # MESS's TRAIN_LEN: the first 8 images are not in its test split
 
 
 def _read(src, image_path, label_path):
-    # The annotations are 1-bit PNGs; "> 0" reads them as 0/1 whatever their bit depth.
+    # The annotations are 1-bit PNGs, which MESS reads as 0/1; "> 0" reads any bit depth so.
     return src.read(image_path), (np.asarray(src.image(label_path)) > 0).astype(np.uint8)
 
 
@@ -30,12 +33,12 @@ def _splits(sources):
         label_path = f"{stem}_1stHO.png"
         if src.exists(label_path):
             read = functools.partial(_read, src, image_path, label_path)
-            pairs.append(base.Pair(key=stem, file_name=image_path, read=read))
+            pairs.append(Pair(key=stem, file_name=image_path, read=read))
     return {"test": pairs}
 
 
-SPEC = base.register(
-    base.MessSpec(
+SPEC = register(
+    MessSpec(
         name="chase_db1",
         title="CHASE DB1",
         domain="Medical Sciences",
@@ -46,7 +49,7 @@ SPEC = base.register(
         eval_split="test",
         mess_name="chase_db1_sem_seg_test",
         resources=(
-            base.Resource(
+            Resource(
                 key="data",
                 names=("CHASEDB1.zip", "CHASEDB1"),
                 markers=("Image_*_1stHO.png",),
@@ -55,6 +58,11 @@ SPEC = base.register(
             ),
         ),
         splits=_splits,
-        notes="Test split only (no train split of its own); train on mess_drive or mess_stare.",
+        resave_jpeg=True,
+        notes="Test split only (no train split of its own); train on mess_drive or mess_stare. "
+        "Images are the JPEGs MESS's prepare_chase_db1.py re-saves (PIL, quality 75) and "
+        "evaluates. MESS's script keeps an 8-bit 0/255 annotation's 255 (which its evaluation "
+        "then ignores); the real annotations are 1-bit, for which both give 0/1, so that bug is "
+        "not copied: any non-zero value is a vessel here.",
     )
 )

@@ -4,7 +4,9 @@ The figshare archive holds ``original/{Train,Test}/images/*.jpeg`` and ``masks/*
 indices already (0 others, 1 fair, 2 poor, 3 severe corrosion).
 """
 
-from mopeft_jax.data.mess import base
+from mopeft_jax.data.mess.builder import register
+from mopeft_jax.data.mess.labels import first_channel, stem_pairs
+from mopeft_jax.data.mess.spec import MessSpec, Resource
 
 CLASSES = (
     "others",
@@ -16,19 +18,19 @@ CLASSES = (
 
 def _splits(src):
     return {
-        split.lower(): base.stem_pairs(
+        split.lower(): stem_pairs(
             src["data"],
             f"original/{split}/images",
             src["data"],
             f"original/{split}/masks",
-            base.first_channel,
+            first_channel,
         )
         for split in ("Train", "Test")
     }
 
 
-SPEC = base.register(
-    base.MessSpec(
+SPEC = register(
+    MessSpec(
         name="corrosion_cs",
         title="Corrosion CS",
         domain="Engineering",
@@ -40,7 +42,7 @@ SPEC = base.register(
         eval_split="test",
         mess_name="corrosion_cs_sem_seg_test",
         resources=(
-            base.Resource(
+            Resource(
                 key="data",
                 names=(
                     "31729733",

@@ -9,7 +9,10 @@ import functools
 
 import numpy as np
 
-from mopeft_jax.data.mess import base
+from mopeft_jax.data.mess.builder import register
+from mopeft_jax.data.mess.labels import first_channel
+from mopeft_jax.data.mess.spec import MessSpec, Resource
+from mopeft_jax.data.records import Pair
 
 CLASSES = ("others", "nuclei in cells")
 
@@ -19,7 +22,7 @@ _MASK_DIR = f"{_ANNOTATOR}/{_ANNOTATOR}/mask binary"
 
 def _read(src, image_path, mask_path):
     # MESS divides by 255 and truncates: only 255 is a nucleus.
-    return src.image(image_path), (base.first_channel(src.image(mask_path)) == 255).astype(np.uint8)
+    return src.image(image_path), (first_channel(src.image(mask_path)) == 255).astype(np.uint8)
 
 
 def _splits(sources):
@@ -30,12 +33,12 @@ def _splits(sources):
         mask_path = f"{_MASK_DIR}/{stem}.png"
         if src.exists(mask_path):
             read = functools.partial(_read, src, image_path, mask_path)
-            pairs.append(base.Pair(key=stem, file_name=f"{stem}.png", read=read))
+            pairs.append(Pair(key=stem, file_name=f"{stem}.png", read=read))
     return {"test": pairs}
 
 
-SPEC = base.register(
-    base.MessSpec(
+SPEC = register(
+    MessSpec(
         name="cryonuseg",
         title="CryoNuSeg",
         domain="Medical Sciences",
@@ -47,7 +50,7 @@ SPEC = base.register(
         eval_split="test",
         mess_name="cryonuseg_sem_seg_test",
         resources=(
-            base.Resource(
+            Resource(
                 key="data",
                 names=("archive.zip", "archive", "CryoNuSeg", "*cryosectioned*.zip"),
                 markers=("tissue images", _MASK_DIR),

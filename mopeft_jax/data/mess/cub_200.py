@@ -2,14 +2,18 @@
 
 Images (``CUB_200_2011.tgz``) and the five-annotator soft masks (``segmentations.tgz``); as in
 MESS, a pixel is bird where the mask's grey value exceeds 128, and the bird's class is its
-species (the folder number ``001``-``200``). Splits from ``train_test_split.txt``.
+species (the folder number ``001``-``200``). Splits from ``train_test_split.txt``. Images are
+stored as MESS's prepare_cub_200.py re-saves them (PIL's JPEG, quality 75), which is what MESS
+evaluates.
 """
 
 import functools
 
 import numpy as np
 
-from mopeft_jax.data.mess import base
+from mopeft_jax.data.mess.builder import register
+from mopeft_jax.data.mess.spec import MessSpec, Resource
+from mopeft_jax.data.records import Pair
 
 _SPECIES = (
     "Black-footed Albatross", "Laysan Albatross", "Sooty Albatross", "Groove billed Ani",
@@ -84,12 +88,12 @@ def _splits(src):
         species = int(rel.split(".", 1)[0])
         split = "train" if is_train.get(image_id) == "1" else "test"
         read = functools.partial(_read, images, f"images/{rel}", masks, mask_path, species)
-        splits[split].append(base.Pair(key=rel, file_name=rel, read=read))
+        splits[split].append(Pair(key=rel, file_name=rel, read=read))
     return splits
 
 
-SPEC = base.register(
-    base.MessSpec(
+SPEC = register(
+    MessSpec(
         name="cub_200",
         title="CUB-200",
         domain="Agriculture and Biology",
@@ -100,14 +104,14 @@ SPEC = base.register(
         eval_split="test",
         mess_name="cub_200_sem_seg_test",
         resources=(
-            base.Resource(
+            Resource(
                 key="images",
                 names=("CUB_200_2011.tgz", "CUB_200_2011.tar.gz", "CUB_200_2011"),
                 markers=("images.txt", "train_test_split.txt", "images"),
                 description="CUB_200_2011.tgz, https://data.caltech.edu/records/65de6-vp158/"
                 "files/CUB_200_2011.tgz",
             ),
-            base.Resource(
+            Resource(
                 key="masks",
                 names=("segmentations.tgz", "segmentations.tar.gz", "segmentations"),
                 markers=("segmentations/*/*.png",),
@@ -116,5 +120,8 @@ SPEC = base.register(
             ),
         ),
         splits=_splits,
+        resave_jpeg=True,
+        notes="Images are the JPEGs MESS's prepare_cub_200.py re-saves (PIL, quality 75, after "
+        "converting them to RGB) and evaluates, not the downloaded bytes.",
     )
 )

@@ -1,7 +1,8 @@
 """CWFID (MESS: Agriculture and Biology): carrot field images, crop and weed vs. ground.
 
 The dataset is a git repository: ``images/NNN_image.png`` and colour-coded
-``annotations/NNN_annotation.png`` (black ground, red crop, green weed; other colours ignored).
+``annotations/NNN_annotation.png`` (black ground, red crop, green weed; another colour keeps its
+red value, as in MESS).
 The split is the dataset's (as MESS lists it); image 28 is in both of its lists, so it stays in
 ``test`` only, which MESS evaluates.
 """
@@ -10,7 +11,10 @@ import functools
 
 import numpy as np
 
-from mopeft_jax.data.mess import base
+from mopeft_jax.data.mess.builder import register
+from mopeft_jax.data.mess.labels import rgb_map
+from mopeft_jax.data.mess.spec import MessSpec, Resource
+from mopeft_jax.data.records import Pair
 
 CLASSES = ("ground", "crop seedling", "weed")
 
@@ -25,7 +29,7 @@ TEST_IDS = (1, 3, 4, 9, 10, 13, 15, 21, 22, 26, 28, 29, 30, 32, 35, 39, 44, 47, 
 
 def _read(src, image_path, label_path):
     colour = np.asarray(src.image(label_path).convert("RGB"))
-    return src.read(image_path), base.rgb_map(colour, _COLOURS)
+    return src.read(image_path), rgb_map(colour, _COLOURS, len(CLASSES))
 
 
 def _splits(sources):
@@ -41,13 +45,13 @@ def _splits(sources):
             )
             if src.exists(image_path) and src.exists(label_path):
                 read = functools.partial(_read, src, image_path, label_path)
-                pairs.append(base.Pair(key=f"{i:03d}", file_name=image_path, read=read))
+                pairs.append(Pair(key=f"{i:03d}", file_name=image_path, read=read))
         splits[split] = pairs
     return splits
 
 
-SPEC = base.register(
-    base.MessSpec(
+SPEC = register(
+    MessSpec(
         name="cwfid",
         title="CWFID",
         domain="Agriculture and Biology",
@@ -58,7 +62,7 @@ SPEC = base.register(
         eval_split="test",
         mess_name="cwfid_sem_seg_test",
         resources=(
-            base.Resource(
+            Resource(
                 key="repo",
                 names=("cwfid", "dataset", "dataset-master.zip", "dataset-main.zip", "cwfid*.zip"),
                 markers=("annotations/*_annotation.png", "images/*_image.png"),
@@ -67,6 +71,8 @@ SPEC = base.register(
         ),
         splits=_splits,
         download="git clone https://github.com/cwfid/dataset.git <manual_dir>/cwfid",
-        notes="Annotation colours other than black/red/green are ignored.",
+        notes="As MESS's prepare_cwfid.py, an annotation colour other than black/red/green keeps "
+        "its red value ((0, 0, 255) is ground, (255, 255, 0) ignored); a red value that is no "
+        "class (3-254), for which MESS writes a label its evaluator cannot count, is ignored.",
     )
 )

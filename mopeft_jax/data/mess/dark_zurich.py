@@ -9,7 +9,12 @@ MESS does (id 0 "unlabeled" is class 0, the background), and pixels marked inval
 
 import functools
 
-from mopeft_jax.data.mess import base, bdd100k
+from mopeft_jax.data.mess import bdd100k
+from mopeft_jax.data.mess.builder import register
+from mopeft_jax.data.mess.labels import first_channel, lut_map
+from mopeft_jax.data.mess.spec import MessSpec, Resource
+from mopeft_jax.data.records import Pair
+from mopeft_jax.segments import IGNORE_LABEL
 
 CLASSES = ("unlabeled", *bdd100k.CLASSES)  # the 19 Cityscapes classes after "unlabeled"
 
@@ -19,8 +24,8 @@ _ID_TO_CLASS = {label_id: i for i, label_id in enumerate(_LABEL_IDS)}
 
 
 def _read(src, image_path, label_path, invalid_path):
-    label = base.lut_map(base.first_channel(src.image(label_path)), _ID_TO_CLASS)
-    label[base.first_channel(src.image(invalid_path)) == 255] = base.IGNORE_LABEL
+    label = lut_map(first_channel(src.image(label_path)), _ID_TO_CLASS)
+    label[first_channel(src.image(invalid_path)) == 255] = IGNORE_LABEL
     return src.read(image_path), label
 
 
@@ -34,12 +39,12 @@ def _splits(sources):
         invalid_path = label_path.replace("_gt_labelIds.png", "_gt_invGray.png")
         if src.exists(image_path) and src.exists(invalid_path):
             read = functools.partial(_read, src, image_path, label_path, invalid_path)
-            pairs.append(base.Pair(key=rel, file_name=f"{stem}_rgb_anon.png", read=read))
+            pairs.append(Pair(key=rel, file_name=f"{stem}_rgb_anon.png", read=read))
     return {"val": pairs}
 
 
-SPEC = base.register(
-    base.MessSpec(
+SPEC = register(
+    MessSpec(
         name="dark_zurich",
         title="Dark Zurich",
         domain="General",
@@ -50,7 +55,7 @@ SPEC = base.register(
         eval_split="val",
         mess_name="dark_zurich_sem_seg_val",
         resources=(
-            base.Resource(
+            Resource(
                 key="val",
                 names=("Dark_Zurich_val_anon.zip", "Dark_Zurich_val_anon", "Dark_Zurich"),
                 markers=("gt/val", "rgb_anon/val"),

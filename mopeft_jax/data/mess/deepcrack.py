@@ -7,25 +7,27 @@ the label is 255.
 
 import numpy as np
 
-from mopeft_jax.data.mess import base
+from mopeft_jax.data.mess.builder import register
+from mopeft_jax.data.mess.labels import first_channel, stem_pairs
+from mopeft_jax.data.mess.spec import MessSpec, Resource
 
 CLASSES = ("concrete or asphalt", "crack")
 
 
 def _label(image):
     # MESS divides by 255 and truncates to uint8: only 255 is a crack.
-    return (base.first_channel(image) == 255).astype(np.uint8)
+    return (first_channel(image) == 255).astype(np.uint8)
 
 
 def _splits(src):
     return {
-        split: base.stem_pairs(src["data"], f"{split}_img", src["data"], f"{split}_lab", _label)
+        split: stem_pairs(src["data"], f"{split}_img", src["data"], f"{split}_lab", _label)
         for split in ("train", "test")
     }
 
 
-SPEC = base.register(
-    base.MessSpec(
+SPEC = register(
+    MessSpec(
         name="deepcrack",
         title="DeepCrack",
         domain="Engineering",
@@ -36,7 +38,7 @@ SPEC = base.register(
         eval_split="test",
         mess_name="deepcrack_sem_seg_test",
         resources=(
-            base.Resource(
+            Resource(
                 key="data",
                 names=("DeepCrack.zip", "DeepCrack/dataset/DeepCrack.zip", "DeepCrack"),
                 markers=("train_img", "train_lab", "test_img", "test_lab"),

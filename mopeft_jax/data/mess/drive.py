@@ -11,7 +11,9 @@ observer's annotation, offered only where the download has those annotations (DR
 site withholds them). A pixel is a vessel where the annotation is not black, as in CHASE DB1.
 """
 
-from mopeft_jax.data.mess import base
+from mopeft_jax.data.mess.builder import register
+from mopeft_jax.data.mess.labels import nonblack, stem_pairs
+from mopeft_jax.data.mess.spec import MessSpec, Resource
 
 CLASSES = ("others", "blood vessels")  # as chase_db1
 
@@ -22,21 +24,23 @@ def _manual_name(stem):
 
 
 def _pairs(src, folder):
-    return base.stem_pairs(
-        src, f"{folder}/images", src, f"{folder}/1st_manual", base.nonblack, label_name=_manual_name
+    return stem_pairs(
+        src, f"{folder}/images", src, f"{folder}/1st_manual", nonblack, label_name=_manual_name
     )
 
 
 def _splits(sources):
-    splits = {"train": _pairs(sources["train"], "training")}
+    splits = {}
+    if "train" in sources:
+        splits["train"] = _pairs(sources["train"], "training")
     test = _pairs(sources["test"], "test") if "test" in sources else []
     if test:  # test images without annotations give no split rather than an error
         splits["test"] = test
     return splits
 
 
-SPEC = base.register(
-    base.MessSpec(
+SPEC = register(
+    MessSpec(
         name="drive",
         title="DRIVE",
         domain="Medical Sciences",
@@ -49,21 +53,22 @@ SPEC = base.register(
         mess_name=None,
         train_source_for=("chase_db1",),
         resources=(
-            base.Resource(
+            Resource(
                 key="train",
                 names=("DRIVE.zip", "DRIVE", "training.zip", "training"),
                 markers=("training/images", "training/1st_manual"),
+                splits=("train",),
                 description="DRIVE.zip (training/ and test/), or the training set on its own "
                 "(training.zip), from https://drive.grand-challenge.org/Download/ (registration) "
                 "or a mirror of it.",
             ),
-            base.Resource(
+            Resource(
                 key="test",
                 names=("DRIVE.zip", "DRIVE", "test.zip", "test"),
                 markers=("test/images",),
                 description="The test set: DRIVE.zip again, or test.zip; a test split is made "
                 "where it holds the annotations test/1st_manual/NN_manual1.gif.",
-                optional=True,
+                splits=("test",),
             ),
         ),
         splits=_splits,

@@ -5,7 +5,9 @@ dataset's page publishes; reading it in Python is slow (about 1 MB/s), so it is 
 ``unzip`` where that is installed, or the folder ``FoodSeg103`` may be given already unpacked.
 """
 
-from mopeft_jax.data.mess import base
+from mopeft_jax.data.mess.builder import register
+from mopeft_jax.data.mess.labels import first_channel, stem_pairs
+from mopeft_jax.data.mess.spec import MessSpec, Resource
 
 CLASSES = (
     "background", "candy", "egg tart", "french fries", "chocolate", "biscuit", "popcorn",
@@ -27,19 +29,19 @@ CLASSES = (
 
 def _splits(src):
     return {
-        split: base.stem_pairs(
+        split: stem_pairs(
             src["data"],
             f"Images/img_dir/{split}",
             src["data"],
             f"Images/ann_dir/{split}",
-            base.first_channel,
+            first_channel,
         )
         for split in ("train", "test")
     }
 
 
-SPEC = base.register(
-    base.MessSpec(
+SPEC = register(
+    MessSpec(
         name="foodseg103",
         title="FoodSeg103",
         domain="General",
@@ -50,7 +52,7 @@ SPEC = base.register(
         eval_split="test",
         mess_name="foodseg103_sem_seg_test",
         resources=(
-            base.Resource(
+            Resource(
                 key="data",
                 names=("FoodSeg103", "FoodSeg103.zip"),
                 markers=("Images/img_dir/train", "Images/ann_dir/train", "Images/img_dir/test"),

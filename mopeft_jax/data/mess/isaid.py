@@ -2,16 +2,21 @@
 
 Images (DOTA, ``images/P0000.png`` in ``part*.zip``) and colour-coded semantic masks
 (``images/P0000_instance_color_RGB.png`` in ``Semantic_masks/images.zip``) come per split in
-folders as the dataset's Google Drive has them. Colours map to classes as in MESS; images are cut
-into 1024 px tiles (padding ignored). MESS evaluates ``val``; ``dev`` is carved from ``train``
-by source image, so that tiles of one image stay together.
+folders as the dataset's Google Drive has them. Colours map to classes as in MESS
+(:func:`~mopeft_jax.data.mess.labels.rgb_map`); images are cut into 1024 px tiles (padding
+ignored). MESS evaluates ``val``, and needs only the ``val`` folders: each split is built where its
+folders are present. ``dev`` is carved from ``train`` by source image, so that tiles of one image
+stay together.
 """
 
 import functools
 
 import numpy as np
 
-from mopeft_jax.data.mess import base
+from mopeft_jax.data.mess.builder import register
+from mopeft_jax.data.mess.labels import rgb_map
+from mopeft_jax.data.mess.spec import MessSpec, Resource
+from mopeft_jax.data.records import Pair
 
 CLASSES = (
     "others",
@@ -54,7 +59,7 @@ _COLOURS = {
 
 def _read(images, image_path, masks, mask_path):
     colour = masks.image(mask_path).convert("RGB")
-    return images.read(image_path), base.rgb_map(np.asarray(colour), _COLOURS)
+    return images.read(image_path), rgb_map(np.asarray(colour), _COLOURS, len(CLASSES))
 
 
 def _pairs(images, masks):
@@ -65,31 +70,33 @@ def _pairs(images, masks):
         image_path = f"images/{image_id}.png"
         if images.exists(image_path):
             read = functools.partial(_read, images, image_path, masks, mask_path)
-            pairs.append(base.Pair(key=image_id, file_name=f"{image_id}.png", read=read))
+            pairs.append(Pair(key=image_id, file_name=f"{image_id}.png", read=read))
     return pairs
 
 
 def _splits(src):
     return {
-        "train": _pairs(src["train_images"], src["train_masks"]),
-        "val": _pairs(src["val_images"], src["val_masks"]),
+        split: _pairs(src[f"{split}_images"], src[f"{split}_masks"])
+        for split in ("train", "val")
+        if f"{split}_images" in src and f"{split}_masks" in src
     }
 
 
 def _resource(split, kind, folder, archives, description):
     # Each Drive folder as downloaded (its zip(s)), or unpacked in place (an images/ folder).
-    return base.Resource(
+    return Resource(
         key=f"{split}_{kind}",
         names=(f"{split}/{folder}/{archives}", f"{split}/{folder}/images"),
         markers=("images",),
         description=description,
+        splits=(split,),
     )
 
 
 _DRIVE = "the iSAID Google Drive linked from https://captain-whu.github.io/iSAID/dataset.html"
 
-SPEC = base.register(
-    base.MessSpec(
+SPEC = register(
+    MessSpec(
         name="isaid",
         title="iSAID",
         domain="Earth Monitoring",
@@ -129,6 +136,8 @@ SPEC = base.register(
         dev_fraction=0.1,
         tile_size=1024,
         download="Keep the Drive's folder layout: <manual_dir>/train/images/part1.zip, ...",
-        notes="Colours outside the iSAID palette are ignored (MESS keeps their red value, 0).",
+        notes="As MESS's prepare_isaid.py, a colour outside the iSAID palette keeps its red value "
+        "((0, 50, 50) is class 0, (10, 50, 50) class 10); a red value that is no class (16-254), "
+        "for which MESS writes a label its evaluator cannot count, is ignored (255) here.",
     )
 )

@@ -1,9 +1,10 @@
 """ISPRS Potsdam (MESS: Earth Monitoring): aerial orthophotos, 5 classes + "others".
 
 ``Potsdam.zip`` holds further zips; the IRRG orthophotos (``3_Ortho_IRRG.zip``, as MESS uses)
-and the colour-coded labels (``5_Labels_all.zip``) are read. Labels are binarised at 128 (some
-have graded colours) and mapped to classes as in MESS; the clutter class "others" (5) is the
-background. The 6000 px tiles are cut into 1024 px tiles (padding ignored). ``test`` holds
+and the colour-coded labels (``5_Labels_all.zip``) are read. As MESS's prepare_isprs_potsdam.py,
+labels are binarised at > 128 (some have graded colours) and mapped to classes by colour, so that a
+colour that binarises to black is 0 "road" and magenta is ignored; the clutter class "others" (5)
+is the background. The 6000 px tiles are cut into 1024 px tiles (padding ignored). ``test`` holds
 MESS's 14 test areas, ``train`` the other 24 labelled ones.
 """
 
@@ -11,7 +12,10 @@ import functools
 
 import numpy as np
 
-from mopeft_jax.data.mess import base
+from mopeft_jax.data.mess.builder import register
+from mopeft_jax.data.mess.labels import rgb_map
+from mopeft_jax.data.mess.spec import MessSpec, Resource
+from mopeft_jax.data.records import Pair
 
 CLASSES = ("road", "building", "grass", "tree", "car", "others")
 
@@ -32,7 +36,7 @@ TEST_AREAS = (
 
 def _label(image):
     rgb = (np.asarray(image.convert("RGB")) > 128).astype(np.uint8) * 255
-    return base.rgb_map(rgb, _COLOURS)
+    return rgb_map(rgb, _COLOURS, len(CLASSES))
 
 
 def _read(images, image_path, labels, label_path):
@@ -51,12 +55,12 @@ def _splits(src):
             continue
         split = "test" if area_id[len("top_potsdam_") :] in TEST_AREAS else "train"
         read = functools.partial(_read, images, image_path, labels, label_path)
-        splits[split].append(base.Pair(key=area_id, file_name=f"{area_id}.png", read=read))
+        splits[split].append(Pair(key=area_id, file_name=f"{area_id}.png", read=read))
     return splits
 
 
-SPEC = base.register(
-    base.MessSpec(
+SPEC = register(
+    MessSpec(
         name="isprs_potsdam",
         title="ISPRS Potsdam",
         domain="Earth Monitoring",
@@ -67,7 +71,7 @@ SPEC = base.register(
         eval_split="test",
         mess_name="isprs_potsdam_sem_seg_test_irrg",
         resources=(
-            base.Resource(
+            Resource(
                 key="data",
                 names=("Potsdam.zip", "Potsdam"),
                 markers=("5_Labels_all.zip|5_Labels_all", "3_Ortho_IRRG.zip|3_Ortho_IRRG"),
@@ -78,6 +82,7 @@ SPEC = base.register(
         ),
         splits=_splits,
         tile_size=1024,
-        notes="Colours outside the six label colours (after binarising) are ignored.",
+        notes="As MESS's prepare_isprs_potsdam.py, a colour that binarises (> 128) to black, e.g. "
+        "(20, 10, 100), is class 0 (road); one that binarises to magenta is ignored.",
     )
 )

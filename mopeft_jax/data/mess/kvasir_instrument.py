@@ -8,15 +8,16 @@ import functools
 
 import numpy as np
 
-from mopeft_jax.data.mess import base
+from mopeft_jax.data.mess.builder import register
+from mopeft_jax.data.mess.labels import first_channel
+from mopeft_jax.data.mess.spec import MessSpec, Resource
+from mopeft_jax.data.records import Pair
 
 CLASSES = ("others", "tool")
 
 
 def _read(images, image_path, masks, mask_path):
-    return images.read(image_path), (base.first_channel(masks.image(mask_path)) == 255).astype(
-        np.uint8
-    )
+    return images.read(image_path), (first_channel(masks.image(mask_path)) == 255).astype(np.uint8)
 
 
 def _splits(src):
@@ -30,13 +31,13 @@ def _splits(src):
             image_path, mask_path = f"images/{image_id}.jpg", f"masks/{image_id}.png"
             if images.exists(image_path) and masks.exists(mask_path):
                 read = functools.partial(_read, images, image_path, masks, mask_path)
-                pairs.append(base.Pair(key=image_id, file_name=f"{image_id}.jpg", read=read))
+                pairs.append(Pair(key=image_id, file_name=f"{image_id}.jpg", read=read))
         splits[split] = pairs
     return splits
 
 
-SPEC = base.register(
-    base.MessSpec(
+SPEC = register(
+    MessSpec(
         name="kvasir_instrument",
         title="Kvasir-Instrument",
         domain="Medical Sciences",
@@ -47,7 +48,7 @@ SPEC = base.register(
         eval_split="test",
         mess_name="kvasir_instrument_sem_seg_test",
         resources=(
-            base.Resource(
+            Resource(
                 key="data",
                 names=("kvasir-instrument.zip", "kvasir-instrument"),
                 markers=(

@@ -2,14 +2,19 @@
 
 Every person of an image has its own annotation PNG (``annotations/<id>_<n>_<k>.png``); as in
 MESS, an image's label is their pixel-wise maximum. Splits as MESS defines them: ``test`` is
-``test_list.txt``, ``train`` the first 3000 names of ``train_list.txt``, ``val`` the rest.
+``test_list.txt``, ``train`` the first 3000 names of ``train_list.txt``, ``val`` the rest. Images
+are stored as MESS's prepare_mhp_v1.py re-saves them (PIL's JPEG, quality 75), which is what MESS
+evaluates; like that script, truncated files are decoded as far as they go.
 """
 
 import functools
 
 import numpy as np
 
-from mopeft_jax.data.mess import base
+from mopeft_jax.data.mess.builder import register
+from mopeft_jax.data.mess.labels import first_channel
+from mopeft_jax.data.mess.spec import MessSpec, Resource
+from mopeft_jax.data.records import Pair
 
 CLASSES = (
     "others",
@@ -37,8 +42,9 @@ _NUM_TRAIN = 3000  # MESS keeps 3000 of train_list.txt for training, the rest fo
 
 
 def _read(src, image_path, mask_paths):
-    masks = [base.first_channel(src.image(p)) for p in mask_paths]
-    return src.read(image_path), np.max(np.stack(masks), axis=0)
+    # MESS's script sets PIL's LOAD_TRUNCATED_IMAGES for every file it reads.
+    masks = [first_channel(src.image(p, allow_truncated=True)) for p in mask_paths]
+    return src.image(image_path, allow_truncated=True), np.max(np.stack(masks), axis=0)
 
 
 def _splits(sources):
@@ -62,12 +68,12 @@ def _splits(sources):
             continue
         split = "test" if name in test else "train" if name in train else "val"
         read = functools.partial(_read, src, image_path, masks[stem])
-        splits[split].append(base.Pair(key=name, file_name=name, read=read))
+        splits[split].append(Pair(key=name, file_name=name, read=read))
     return splits
 
 
-SPEC = base.register(
-    base.MessSpec(
+SPEC = register(
+    MessSpec(
         name="mhp_v1",
         title="MHP v1",
         domain="General",
@@ -78,7 +84,7 @@ SPEC = base.register(
         eval_split="test",
         mess_name="mhp_v1_sem_seg_test",
         resources=(
-            base.Resource(
+            Resource(
                 key="data",
                 names=("LV-MHP-v1.zip", "LV-MHP-v1"),
                 markers=("train_list.txt", "test_list.txt", "images", "annotations"),
@@ -87,5 +93,10 @@ SPEC = base.register(
             ),
         ),
         splits=_splits,
+        resave_jpeg=True,
+        notes="Images are the JPEGs MESS's prepare_mhp_v1.py re-saves (PIL, quality 75) and "
+        "evaluates. MESS collects an image's annotations with glob(f'{id}*.png'), so image 1 "
+        "would also take those of image 10; the real ids do not collide so, and the masks are "
+        "matched on the whole id here (the part of the name before the first '_').",
     )
 )

@@ -19,7 +19,9 @@ from xml.etree import ElementTree
 import numpy as np
 from PIL import Image, ImageDraw
 
-from mopeft_jax.data.mess import base
+from mopeft_jax.data.mess.builder import register
+from mopeft_jax.data.mess.spec import MessSpec, Resource
+from mopeft_jax.data.records import Pair
 
 CLASSES = ("others", "nuclei in cells")  # as cryonuseg
 
@@ -47,12 +49,14 @@ def _pairs(src, image_dir, xml_dir):
         xml_path = posixpath.join(xml_dir, f"{posixpath.splitext(name)[0]}.xml")
         if src.exists(xml_path):
             read = functools.partial(_read, src, image_path, xml_path)
-            pairs.append(base.Pair(key=name, file_name=name, read=read))
+            pairs.append(Pair(key=name, file_name=name, read=read))
     return pairs
 
 
 def _splits(sources):
-    splits = {"train": _pairs(sources["train"], "Tissue Images", "Annotations")}
+    splits = {}
+    if "train" in sources:
+        splits["train"] = _pairs(sources["train"], "Tissue Images", "Annotations")
     if "test" in sources:
         splits["test"] = _pairs(sources["test"], "", "")
     return splits
@@ -60,8 +64,8 @@ def _splits(sources):
 
 _DOWNLOAD = "from https://monuseg.grand-challenge.org/Data/ (Google Drive links)"
 
-SPEC = base.register(
-    base.MessSpec(
+SPEC = register(
+    MessSpec(
         name="monuseg",
         title="MoNuSeg",
         domain="Medical Sciences",
@@ -74,18 +78,19 @@ SPEC = base.register(
         mess_name=None,
         train_source_for=("cryonuseg",),
         resources=(
-            base.Resource(
+            Resource(
                 key="train",
                 names=("MoNuSeg 2018 Training Data.zip", "MoNuSeg 2018 Training Data"),
                 markers=("Tissue Images", "Annotations"),
+                splits=("train",),
                 description=f'The training data, "MoNuSeg 2018 Training Data.zip", {_DOWNLOAD}.',
             ),
-            base.Resource(
+            Resource(
                 key="test",
                 names=("MoNuSegTestData.zip", "MoNuSegTestData"),
                 markers=("*.xml",),
                 description=f"The test data, MoNuSegTestData.zip, {_DOWNLOAD}.",
-                optional=True,
+                splits=("test",),
             ),
         ),
         splits=_splits,

@@ -11,7 +11,9 @@ import json
 
 import numpy as np
 
-from mopeft_jax.data.mess import base
+from mopeft_jax.data.mess.builder import register
+from mopeft_jax.data.mess.spec import MessSpec, Resource
+from mopeft_jax.data.records import Pair
 
 # Builder suffix -> (class name as MESS names it, index of the label in PAXRay's 166).
 TARGETS = {
@@ -59,7 +61,7 @@ def _make_splits(index):
                 if data.exists(image_path) and data.exists(npy_path):
                     read = functools.partial(_read, data, image_path, npy_path, index)
                     name = image_path.split("/")[-1]
-                    pairs.append(base.Pair(key=name, file_name=name, read=read))
+                    pairs.append(Pair(key=name, file_name=name, read=read))
             out[split] = pairs
         return out
 
@@ -67,8 +69,8 @@ def _make_splits(index):
 
 
 SPECS = {
-    target: base.register(
-        base.MessSpec(
+    target: register(
+        MessSpec(
             name=f"paxray_{target}",
             title=f"PAXRay-{target.capitalize()}",
             domain="Medical Sciences",
@@ -79,7 +81,7 @@ SPECS = {
             eval_split="test",
             mess_name=f"paxray_sem_seg_test_{target}",
             resources=(
-                base.Resource(
+                Resource(
                     key="data",
                     names=("paxray_dataset.zip", "paxray_dataset"),
                     markers=("paxray.json", "images", "labels"),

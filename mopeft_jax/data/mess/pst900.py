@@ -4,22 +4,24 @@ MESS feeds the thermal images (8-bit grey, replicated to three channels here) an
 ``test``; labels are class indices already.
 """
 
-from mopeft_jax.data.mess import base
+from mopeft_jax.data.mess.builder import register
+from mopeft_jax.data.mess.labels import first_channel, stem_pairs
+from mopeft_jax.data.mess.spec import MessSpec, Resource
 
 CLASSES = ("background", "fire extinguisher", "backpack", "drill", "human")
 
 
 def _splits(src):
     return {
-        split: base.stem_pairs(
-            src["data"], f"{split}/thermal", src["data"], f"{split}/labels", base.first_channel
+        split: stem_pairs(
+            src["data"], f"{split}/thermal", src["data"], f"{split}/labels", first_channel
         )
         for split in ("train", "test")
     }
 
 
-SPEC = base.register(
-    base.MessSpec(
+SPEC = register(
+    MessSpec(
         name="pst900",
         title="PST900",
         domain="Engineering",
@@ -30,7 +32,7 @@ SPEC = base.register(
         eval_split="test",
         mess_name="pst900_sem_seg_test",
         resources=(
-            base.Resource(
+            Resource(
                 key="data",
                 names=("PST900_RGBT_Dataset.zip", "PST900_RGBT_Dataset"),
                 markers=("train/thermal", "train/labels", "test/thermal", "test/labels"),

@@ -10,7 +10,9 @@ Splits: ``train`` only, the 20 annotated images with Adam Hoover's annotations
 (``im0001.ppm.gz``, ``im0001.ah.ppm.gz``); a pixel is a vessel where the annotation is not black.
 """
 
-from mopeft_jax.data.mess import base
+from mopeft_jax.data.mess.builder import register
+from mopeft_jax.data.mess.labels import nonblack, stem_pairs
+from mopeft_jax.data.mess.spec import MessSpec, Resource
 
 CLASSES = ("others", "blood vessels")  # as chase_db1
 
@@ -21,12 +23,12 @@ def _label_name(stem):
 
 
 def _splits(sources):
-    pairs = base.stem_pairs(
+    pairs = stem_pairs(
         sources["images"],
         "",
         sources["labels"],
         "",
-        base.nonblack,
+        nonblack,
         label_name=_label_name,
         image_suffixes=(".ppm.gz",),
     )
@@ -35,8 +37,8 @@ def _splits(sources):
 
 _PAGE = "https://cecas.clemson.edu/~ahoover/stare/probing/"
 
-SPEC = base.register(
-    base.MessSpec(
+SPEC = register(
+    MessSpec(
         name="stare",
         title="STARE",
         domain="Medical Sciences",
@@ -49,13 +51,13 @@ SPEC = base.register(
         mess_name=None,
         train_source_for=("chase_db1",),
         resources=(
-            base.Resource(
+            Resource(
                 key="images",
                 names=("stare-images.tar", "stare-images"),
                 markers=("im*.ppm.gz",),
                 description=f"The images, {_PAGE}stare-images.tar (the annotated ones are used).",
             ),
-            base.Resource(
+            Resource(
                 key="labels",
                 names=("labels-ah.tar", "labels-ah"),
                 markers=("im*.ah.ppm.gz",),

@@ -3,12 +3,15 @@
 Masks are RGB bitmaps whose three channels are on/off bits of the class (``RGB = 000`` waterbody,
 ``001`` divers, ..., ``111`` sea-floor), so the class is ``4 R + 2 G + B`` of the thresholded
 channels: the same as MESS's colour table on the clean test masks, and robust to the off colours
-of some ``train_val`` masks.
+of some ``train_val`` masks. MESS evaluates ``test`` and needs only ``TEST.zip``: each split is
+built where its archive is present.
 """
 
 import numpy as np
 
-from mopeft_jax.data.mess import base
+from mopeft_jax.data.mess.builder import register
+from mopeft_jax.data.mess.labels import stem_pairs
+from mopeft_jax.data.mess.spec import MessSpec, Resource
 
 CLASSES = (
     "background (waterbody)",
@@ -29,7 +32,7 @@ def _label(image):
 
 def _splits(src):
     return {
-        split: base.stem_pairs(
+        split: stem_pairs(
             src[split],
             f"{folder}/images",
             src[split],
@@ -39,11 +42,12 @@ def _splits(src):
             image_suffixes=(".jpg",),
         )
         for split, folder in (("train", "train_val"), ("test", "TEST"))
+        if split in src
     }
 
 
-SPEC = base.register(
-    base.MessSpec(
+SPEC = register(
+    MessSpec(
         name="suim",
         title="SUIM",
         domain="Agriculture and Biology",
@@ -54,17 +58,19 @@ SPEC = base.register(
         eval_split="test",
         mess_name="suim_sem_seg_test",
         resources=(
-            base.Resource(
+            Resource(
                 key="train",
                 names=("train_val.zip", "train_val"),
                 markers=("train_val/images", "train_val/masks"),
+                splits=("train",),
                 description="train_val.zip from the SUIM Google Drive folder "
                 "https://drive.google.com/drive/folders/10KMK0rNB43V2g30NcA1RYipL535DuZ-h",
             ),
-            base.Resource(
+            Resource(
                 key="test",
                 names=("TEST.zip", "TEST"),
                 markers=("TEST/images", "TEST/masks"),
+                splits=("test",),
                 description="TEST.zip from the same Google Drive folder.",
             ),
         ),

@@ -1,14 +1,18 @@
 """UAVid (MESS: Earth Monitoring): oblique UAV video frames, 7 classes + "others".
 
-``uavid_<split>/<seq>/Images/*.png`` with colour-coded ``Labels``; colours map to classes as in
-MESS (which converts the colours to grey first; the eight colours give the same classes either
-way). Frames are cut into 1024 px tiles (padding ignored). MESS evaluates ``val``; ``dev`` is
-carved from ``train`` by sequence, since frames of one sequence are near duplicates.
+``uavid_<split>/<seq>/Images/*.png`` with colour-coded ``Labels``. As MESS's prepare_uavid.py,
+a label is converted to grey (PIL's ``L``) and the grey values of the eight colours map to the
+classes, so any colour of the same grey value takes that class. Frames are cut into 1024 px tiles
+(padding ignored). MESS evaluates ``val``; ``dev`` is carved from ``train`` by sequence, since
+frames of one sequence are near duplicates.
 """
 
 import numpy as np
+from PIL import Image
 
-from mopeft_jax.data.mess import base
+from mopeft_jax.data.mess.builder import register
+from mopeft_jax.data.mess.labels import lut_map, stem_pairs
+from mopeft_jax.data.mess.spec import MessSpec, Resource
 
 CLASSES = (
     "others",
@@ -33,8 +37,16 @@ _COLOURS = {
 }
 
 
+def _grey(colour) -> int:
+    return Image.new("RGB", (1, 1), colour).convert("L").getpixel((0, 0))
+
+
+# MESS's table {0: 0, 34: 5, 38: 1, 57: 7, 75: 3, 79: 6, 90: 2, 113: 4}, derived from the colours.
+_GREY_TO_CLASS = {_grey(colour): k for colour, k in _COLOURS.items()}
+
+
 def _label(image):
-    return base.rgb_map(np.asarray(image.convert("RGB")), _COLOURS)
+    return lut_map(np.asarray(image.convert("L")), _GREY_TO_CLASS)
 
 
 def _splits(src):
@@ -43,7 +55,7 @@ def _splits(src):
     for split in ("train", "val"):
         pairs = []
         for seq in sorted({p.split("/")[1] for p in data.glob(f"uavid_{split}/*/Images")}):
-            pairs += base.stem_pairs(
+            pairs += stem_pairs(
                 data,
                 f"uavid_{split}/{seq}/Images",
                 data,
@@ -57,8 +69,8 @@ def _splits(src):
     return splits
 
 
-SPEC = base.register(
-    base.MessSpec(
+SPEC = register(
+    MessSpec(
         name="uavid",
         title="UAVid",
         domain="Earth Monitoring",
@@ -69,7 +81,7 @@ SPEC = base.register(
         eval_split="val",
         mess_name="uavid_sem_seg_val",
         resources=(
-            base.Resource(
+            Resource(
                 key="data",
                 names=(
                     "uavid_v1.5_official_release_image.zip",
@@ -84,6 +96,8 @@ SPEC = base.register(
         splits=_splits,
         dev_fraction=0.1,
         tile_size=1024,
-        notes="Colours outside the eight UAVid colours are ignored.",
+        notes="As MESS's prepare_uavid.py, labels are looked up by their grey value, so an off "
+        "colour of a class's grey value takes that class ((38, 38, 38) is building); grey values "
+        "of no class, on which MESS's script fails, are ignored (255).",
     )
 )

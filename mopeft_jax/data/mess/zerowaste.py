@@ -3,27 +3,29 @@
 ``splits_final_deblurred/<split>/data/*.PNG`` with ``sem_seg/*.PNG`` class indices.
 """
 
-from mopeft_jax.data.mess import base
+from mopeft_jax.data.mess.builder import register
+from mopeft_jax.data.mess.labels import first_channel, stem_pairs
+from mopeft_jax.data.mess.spec import MessSpec, Resource
 
 CLASSES = ("background or trash", "rigid plastic", "cardboard", "metal", "soft plastic")
 
 
 def _splits(src):
     return {
-        split: base.stem_pairs(
+        split: stem_pairs(
             src["data"],
             f"splits_final_deblurred/{split}/data",
             src["data"],
             f"splits_final_deblurred/{split}/sem_seg",
-            base.first_channel,
+            first_channel,
             label_name="{stem}.PNG",
         )
         for split in ("train", "val", "test")
     }
 
 
-SPEC = base.register(
-    base.MessSpec(
+SPEC = register(
+    MessSpec(
         name="zerowaste",
         title="ZeroWaste-f",
         domain="Engineering",
@@ -34,7 +36,7 @@ SPEC = base.register(
         eval_split="test",
         mess_name="zerowaste_sem_seg_test",
         resources=(
-            base.Resource(
+            Resource(
                 key="data",
                 names=("zerowaste-f-final.zip", "zerowaste-f-final", "zerowaste-f"),
                 markers=(

@@ -4,7 +4,9 @@ Every ``make_<name>(manual_dir)`` writes the files a user would download (zip/ta
 clone folder, ...) with two or three tiny images per split, and returns an :class:`Expect`: the
 split sizes the builder must produce and, for some examples, the exact image and label they must
 decode to. Label values are chosen to exercise each dataset's mapping (colour tables, value
-remaps, thresholds, unmapped values that must become the ignore label 255).
+remaps, thresholds, colours outside a palette), restricted to values for which MESS's own
+preparation scripts define a label (tests/data/mess/test_mess_reference.py runs those scripts on
+these same files); the values they leave undefined are tested in test_mess_labels.py.
 """
 
 from __future__ import annotations
@@ -76,6 +78,11 @@ def jpeg(seed: int, h: int = 6, w: int = 8) -> tuple[bytes, np.ndarray]:
     """JPEG bytes and what they decode to (JPEG is lossy; builders keep the bytes)."""
     data = encode(rgb_image(seed, h, w), "JPEG")
     return data, decode(data)
+
+
+def resaved(image: np.ndarray) -> np.ndarray:
+    """What ``image`` decodes to after MESS re-saves it as JPEG (PIL's defaults, quality 75)."""
+    return decode(encode(image, "JPEG"))
 
 
 def png(seed: int, h: int = 6, w: int = 8) -> tuple[bytes, np.ndarray]:
@@ -177,7 +184,8 @@ def make_dark_zurich(manual: Path) -> Expect:
     seq = "val/night/GOPR0356"
     for k in range(2):
         stem = f"GOPR0356_frame_00032{k}"
-        ids = np.array([[0, 7, 8, 33, 26, 5, 34, 1]] * 6, np.uint8)  # 5, 34, 1: not a class
+        ids = np.array([[0, 7, 8, 33, 26, 11, 19, 31]] * 6, np.uint8)
+        ids[5, 5:] = (5, 34, 1)  # not class ids, but marked invalid (as MESS's script needs)
         invalid = np.zeros((6, 8), np.uint8)
         invalid[5, :] = 255
         data, image = png(100 + k)
@@ -185,7 +193,7 @@ def make_dark_zurich(manual: Path) -> Expect:
         files[f"gt/{seq}/{stem}_gt_labelIds.png"] = encode(ids)
         files[f"gt/{seq}/{stem}_gt_invGray.png"] = encode(invalid)
         files[f"gt/{seq}/{stem}_gt_labelColor.png"] = encode(rgb_image(k))
-        want = np.array([[0, 1, 2, 19, 14, IGNORE, IGNORE, IGNORE]] * 6, np.uint8)
+        want = np.array([[0, 1, 2, 19, 14, 3, 7, 17]] * 6, np.uint8)
         want[5, :] = IGNORE
         expect.labels[("val", f"night/GOPR0356/{stem}_rgb_anon.png")] = want
         expect.images[("val", f"night/GOPR0356/{stem}_rgb_anon.png")] = image
@@ -210,7 +218,7 @@ def make_mhp_v1(manual: Path) -> Expect:
         want = np.maximum(*persons)
         split = "train" if i in (1, 2) else "test" if i == 3 else "val"
         expect.labels[(split, f"{i}.jpg")] = want
-        expect.images[(split, f"{i}.jpg")] = image
+        expect.images[(split, f"{i}.jpg")] = resaved(image)
     files[f"{root}/train_list.txt"] = b"1.jpg\n2.jpg\n"
     files[f"{root}/test_list.txt"] = b"3.jpg\n"
     write_zip(manual / "LV-MHP-v1.zip", files)
@@ -252,12 +260,12 @@ def make_atlantis(manual: Path) -> Expect:
         for k in range(count):
             folder = ("sea", "river", "lake")[k]
             data, image = jpeg(300 + k)
-            raw = np.array([[0, 1, 56, 57, 20, 0, 2, 3]] * 6, np.uint8)
+            raw = np.array([[0, 1, 56, 55, 20, 0, 2, 3]] * 6, np.uint8)
             files[f"{repo}/atlantis/images/{split}/{folder}/{k}_{split}.jpg"] = data
             files[f"{repo}/atlantis/masks/{split}/{folder}/{k}_{split}.png"] = encode(raw)
-            want = np.array([[IGNORE, 0, 55, IGNORE, 19, IGNORE, 1, 2]] * 6, np.uint8)
+            want = np.array([[IGNORE, 0, 55, 54, 19, IGNORE, 1, 2]] * 6, np.uint8)
             expect.labels[(split, f"{folder}/{k}_{split}.jpg")] = want
-            expect.images[(split, f"{folder}/{k}_{split}.jpg")] = image
+            expect.images[(split, f"{folder}/{k}_{split}.jpg")] = resaved(image)
     write_files(manual, files)  # a git clone
     return expect
 
@@ -279,9 +287,12 @@ def make_isaid(manual: Path, tile_size: int) -> Expect:
             image = rgb_image(400 + k, 6, 7)
             classes = np.array([[0, 1, 9, 14, 15, 0, 1]] * 6)
             colour = colour_label(ISAID_COLOURS, classes)
-            colour[0, 0] = (10, 20, 30)  # not in the palette
+            # Not in the palette: MESS keeps the red value.
+            colour[0, 0] = (10, 20, 30)
+            colour[1, 0] = (0, 50, 50)
+            colour[2, 0] = (255, 50, 50)
             want = classes.astype(np.uint8)
-            want[0, 0] = IGNORE
+            want[:3, 0] = (10, 0, IGNORE)
             # Images come in parts: one zip per part, "images/<id>.png" inside.
             part = manual / split / "images" / f"part{k % 2 + 1}.zip"
             old = dict(_read_zip(part)) if part.exists() else {}
@@ -331,9 +342,10 @@ def make_isprs_potsdam(manual: Path, tile_size: int) -> Expect:
         classes = np.array([[0, 1, 2, 3, 4, 5, 0, 1, 5]] * 5)
         colour = colour_label(POTSDAM_COLOURS, classes)
         colour[0, 0] = (250, 251, 240)  # a graded white: still impervious surface
-        colour[0, 1] = (255, 0, 255)  # not a label colour
+        colour[0, 1] = (255, 0, 255)  # binarises to magenta, not a label colour: ignored
+        colour[0, 2] = (20, 10, 100)  # binarises to black, not a label colour: MESS's 0 (road)
         want = classes.astype(np.uint8)
-        want[0, 1] = IGNORE
+        want[0, 1:3] = (IGNORE, 0)
         irrg[f"3_Ortho_IRRG/top_potsdam_{area}_IRRG.tif"] = encode(image, "TIFF")
         rgb[f"2_Ortho_RGB/top_potsdam_{area}_RGB.tif"] = encode(image[..., ::-1].copy(), "TIFF")
         labels[f"top_potsdam_{area}_label.tif"] = encode(colour, "TIFF")
@@ -372,8 +384,8 @@ def make_floodnet(manual: Path, tile_size: int, shape=(6, 7)) -> Expect:
             for i, (img_t, lab_t) in enumerate(
                 zip(tile(image, tile_size, 0), tile(label, tile_size, IGNORE))
             ):
-                expect.images[(split, f"{image_id}_{i}.png")] = img_t
-                expect.labels[(split, f"{image_id}_{i}.png")] = lab_t
+                expect.images[(split, f"{image_id}_{i}.jpg")] = resaved(img_t)
+                expect.labels[(split, f"{image_id}_{i}.jpg")] = lab_t
     n_tiles = len(tile(np.zeros(shape), tile_size, 0))
     expect.sizes = {split: count * n_tiles for split, count in n.items()}
     write_files(manual, files)  # the Drive folder
@@ -405,9 +417,9 @@ def make_uavid(manual: Path, tile_size: int) -> Expect:
                     continue
                 classes = np.array([[0, 1, 2, 3, 4, 5], [6, 7, 0, 0, 1, 1]] * 2 + [[2] * 6])
                 colour = colour_label(UAVID_COLOURS, classes)
-                colour[4, 5] = (1, 2, 3)
+                colour[4, 5] = (38, 38, 38)  # the grey value of building's (128, 0, 0)
                 want = classes.astype(np.uint8)
-                want[4, 5] = IGNORE
+                want[4, 5] = 1
                 files[f"{root}/uavid_{split}/{seq}/Labels/{f:06d}.png"] = encode(colour)
                 for i, (img_t, lab_t) in enumerate(
                     zip(tile(image, tile_size, 0), tile(want, tile_size, IGNORE))
@@ -465,7 +477,7 @@ def make_chase_db1(manual: Path) -> Expect:
         files[f"{stem}_2ndHO.png"] = encode(~vessels, mode="1")
         if k >= 8:  # MESS tests on all but the first 8
             expect.labels[("test", f"{stem}.jpg")] = vessels.astype(np.uint8)
-            expect.images[("test", f"{stem}.jpg")] = image
+            expect.images[("test", f"{stem}.jpg")] = resaved(image)
     write_zip(manual / "CHASEDB1.zip", files, with_dirs=False)
     return expect
 
@@ -701,9 +713,9 @@ def make_suim(manual: Path) -> Expect:
             stem = f"d_r_{k + 1}_"
             data, image = jpeg(1600 + k)
             colour = np.array([bits] * 6, np.uint8)
-            colour[5, 0] = (250, 3, 0)  # an off colour as in some train_val masks: robots
             want = np.array([list(range(8))] * 6, np.uint8)
-            want[5, 0] = 4
+            if split == "train":  # an off colour as in some train_val masks: robots
+                colour[5, 0], want[5, 0] = (250, 3, 0), 4
             files[f"{folder}/images/{stem}.jpg"] = data
             files[f"{folder}/masks/{stem}.bmp"] = encode(colour, "BMP")
             expect.labels[(split, f"{stem}.jpg")] = want
@@ -728,7 +740,7 @@ def make_cub_200(manual: Path) -> Expect:
         species = int(rel[:3])
         split = "train" if is_train else "test"
         expect.labels[(split, f"{rel}.jpg")] = ((soft > 128) * species).astype(np.uint8)
-        expect.images[(split, f"{rel}.jpg")] = image
+        expect.images[(split, f"{rel}.jpg")] = resaved(image)
     images["CUB_200_2011/images.txt"] = "".join(f"{i} {r}.jpg\n" for i, r, _ in entries).encode()
     images["CUB_200_2011/train_test_split.txt"] = "".join(
         f"{i} {t}\n" for i, _, t in entries
@@ -751,9 +763,10 @@ def make_cwfid(manual: Path) -> Expect:
         image = rgb_image(1800 + i)
         classes = np.array([[0, 1, 2, 0, 1, 2, 0, 0]] * 6)
         colour = colour_label(CWFID_COLOURS, classes)
-        colour[0, 0] = (255, 255, 0)
+        colour[0, 0] = (255, 255, 0)  # not in the palette: MESS keeps the red value, 255
+        colour[1, 1] = (0, 0, 255)  # likewise 0, ground
         want = classes.astype(np.uint8)
-        want[0, 0] = IGNORE
+        want[0, 0], want[1, 1] = IGNORE, 0
         files[f"dataset/images/{i:03d}_image.png"] = encode(image)
         files[f"dataset/annotations/{i:03d}_annotation.png"] = encode(colour)
         files[f"dataset/masks/{i:03d}_mask.png"] = encode(classes > 0, mode="1")

@@ -14,7 +14,9 @@ import tensorflow_datasets as tfds
 from _mess_fakes import fakes
 
 from mopeft_jax.data import mess
-from mopeft_jax.data.mess import base
+from mopeft_jax.data.mess.builder import carve_dev
+from mopeft_jax.data.records import Pair
+from mopeft_jax.segments import IGNORE_LABEL
 
 FAKES = fakes()
 
@@ -80,7 +82,7 @@ def test_test_data_may_be_missing(name, tmp_path):
     builder = mess.build(name, manual, data_dir=tmp_path / "data")
     assert {s: builder.info.splits[s].num_examples for s in builder.info.splits} == expect.sizes
     assert set(expect.sizes) == {"train"}
-    assert "(optional)" in mess.get_spec(name).manual_instructions()
+    assert "(test split only)" in mess.get_spec(name).manual_instructions()
 
 
 @pytest.mark.parametrize("name", sorted(FAKES))
@@ -108,7 +110,7 @@ def test_builder(name, tmp_path, monkeypatch):
             image, label = ex["image"], ex["label"]
             assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[-1] == 3
             assert label.dtype == np.uint8 and label.shape == image.shape[:2]
-            valid = (label < spec.num_classes) | (label == base.IGNORE_LABEL)
+            valid = (label < spec.num_classes) | (label == IGNORE_LABEL)
             assert valid.all(), f"{file_name}: label values {np.unique(label)}"
             if (split, file_name) in expect.labels:
                 np.testing.assert_array_equal(label, expect.labels[split, file_name], file_name)
@@ -129,24 +131,24 @@ def test_dev_split_is_carved_by_group(tmp_path, monkeypatch):
 
 
 def test_carve_dev_is_deterministic_and_order_free():
-    pairs = [base.Pair(key=f"k{i}", file_name=f"k{i}", read=None) for i in range(50)]
-    train, dev = base.carve_dev(pairs, 0.1, "seed")
-    train2, dev2 = base.carve_dev(list(reversed(pairs)), 0.1, "seed")
+    pairs = [Pair(key=f"k{i}", file_name=f"k{i}", read=None) for i in range(50)]
+    train, dev = carve_dev(pairs, 0.1, "seed")
+    train2, dev2 = carve_dev(list(reversed(pairs)), 0.1, "seed")
     assert len(dev) == 5 and len(train) == 45
     assert {p.key for p in dev} == {p.key for p in dev2}
 
 
-def test_real_tile_size(tmp_path, monkeypatch):
-    # FloodNet at MESS's 1024 px tiles: a 1030 x 1100 image gives 2 x 2 padded tiles.
+def test_real_tile_size(tmp_path):
+    # FloodNet at MESS's 1024 px tiles: a 1030 x 1100 image gives 2 x 2 padded JPEG tiles.
     from _mess_fakes import make_floodnet
 
     manual = tmp_path / "manual"
     expect = make_floodnet(manual, 1024, shape=(1030, 1100))
     mess.build("floodnet", manual, data_dir=tmp_path / "data")
     examples = _read_split("floodnet", "val", tmp_path / "data")
-    assert sorted(examples) == ["6000_0.png", "6000_1.png", "6000_2.png", "6000_3.png"]
+    assert sorted(examples) == ["6000_0.jpg", "6000_1.jpg", "6000_2.jpg", "6000_3.jpg"]
     for file_name, ex in examples.items():
         assert ex["image"].shape == (1024, 1024, 3)
         np.testing.assert_array_equal(ex["label"], expect.labels["val", file_name])
         np.testing.assert_array_equal(ex["image"], expect.images["val", file_name])
-    assert (examples["6000_3.png"]["label"][6:, :] == 255).all()  # padding is ignored
+    assert (examples["6000_3.jpg"]["label"][6:, :] == 255).all()  # padding is ignored

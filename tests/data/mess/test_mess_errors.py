@@ -107,3 +107,18 @@ def test_unexpected_label_value_fails_loudly(tmp_path):
     _rewrite_zip(manual / "zerowaste-f-final.zip", edit)
     with pytest.raises(ValueError, match=r"label values \[9\]"):
         mess.build("zerowaste", manual, data_dir=tmp_path / "data")
+
+
+def test_no_split_with_pairs(tmp_path):
+    # DRIVE's test set alone, without its annotations: no split has image/label pairs.
+    from _mess_fakes import make_drive
+
+    make_drive(tmp_path / "full", test_labels=False)
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    (tmp_path / "full" / "DRIVE.zip").rename(manual / "test.zip")
+    with pytest.raises(mess.ManualDataError) as err:
+        mess.build("drive", manual, data_dir=tmp_path / "data")
+    message = str(err.value)
+    assert "DRIVE.zip or DRIVE or training.zip or training (train split only)  [missing]" in message
+    assert "test.zip or test (test split only)  [found, but no image/label pairs]" in message
