@@ -1,7 +1,29 @@
-"""mopeft-jax: the Segment Anything Model and a mixture of PEFTs (MoPEFT) in JAX/Flax."""
+"""mopeft-jax: the Segment Anything Model and a mixture of PEFTs (MoPEFT) in JAX/Flax.
 
-from mopeft_jax.peft import PeftConfig
-from mopeft_jax.pretrained import load_pretrained, save_pretrained
-from mopeft_jax.sam import Sam, SamConfig
+The names below load on first use, so that `import mopeft_jax.data` (numpy and grain) or
+`import mopeft_jax.preprocessing` does not import JAX and Flax.
+"""
 
-__all__ = ["Sam", "SamConfig", "PeftConfig", "load_pretrained", "save_pretrained"]
+import importlib
+
+_EXPORTS = {
+    "Sam": "mopeft_jax.sam.model",
+    "SamConfig": "mopeft_jax.sam.config",
+    "PeftConfig": "mopeft_jax.peft.config",
+    "load_pretrained": "mopeft_jax.pretrained",
+    "save_pretrained": "mopeft_jax.pretrained",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'mopeft_jax' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

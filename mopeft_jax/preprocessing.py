@@ -44,7 +44,7 @@ PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
 
 
-def preprocess_shape(height: int, width: int, long_side: int) -> Tuple[int, int]:
+def preprocess_shape(height: int, width: int, long_side: int = 1024) -> Tuple[int, int]:
     """Size ``(H', W')`` of an image resized so that its longest side is ``long_side``.
 
     As ``ResizeLongestSide.get_preprocess_shape``: ``scale = long_side / max(H, W)``,

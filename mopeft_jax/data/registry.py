@@ -23,7 +23,15 @@ from typing import Any, Optional, Tuple, Union
 
 from mopeft_jax.segments import IGNORE_LABEL
 
-__all__ = ["IGNORE_LABEL", "KINDS", "Dataset", "DatasetError", "DatasetInfo", "load_dataset"]
+__all__ = [
+    "IGNORE_LABEL",
+    "KINDS",
+    "Dataset",
+    "DatasetError",
+    "DatasetInfo",
+    "default_classes_of_interest",
+    "load_dataset",
+]
 
 KINDS = ("synthetic", "mess", "folder")
 
@@ -32,6 +40,11 @@ PathLike = Union[str, os.PathLike]
 
 class DatasetError(ValueError):
     """A dataset name that names nothing (unknown kind, domain or MESS dataset)."""
+
+
+def default_classes_of_interest(num_classes: int, background_class: Optional[int]):
+    """MESS's usual classes of interest: every class but the background (all without one)."""
+    return tuple(k for k in range(num_classes) if k != background_class)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +59,9 @@ class DatasetInfo:
       ignore_label: label value of ignored pixels.
       eval_split: the split evaluated by default.
       description: one or two sentences on what it is.
+      classes_of_interest: the classes the class-of-interest metrics (CoI-mIoU) average over;
+        () for the usual choice, every class but the background class
+        (:func:`default_classes_of_interest`).
     """
 
     name: str
@@ -55,9 +71,14 @@ class DatasetInfo:
     ignore_label: int = IGNORE_LABEL
     eval_split: str = "val"
     description: str = ""
+    classes_of_interest: Tuple[int, ...] = ()
 
     def __post_init__(self):
         object.__setattr__(self, "class_names", tuple(self.class_names))
+        coi = tuple(self.classes_of_interest) or default_classes_of_interest(
+            len(self.class_names), self.background_class
+        )
+        object.__setattr__(self, "classes_of_interest", coi)
 
     @property
     def num_classes(self) -> int:

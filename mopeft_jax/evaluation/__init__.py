@@ -25,7 +25,7 @@ from mopeft_jax.segments import (
     segment_prompts,
 )
 
-from .metrics import confusion_matrix, group_means, mean_iou, mean_of
+from .metrics import confusion_matrix, group_means, mean_iou, mean_of, segmentation_metrics
 from .prompts import DUMMY_BOX, DUMMY_CLASS, DUMMY_POINT, oracle_prompts
 from .semantic_map import semantic_map
 
@@ -48,5 +48,6 @@ __all__ = [
     "segment_box",
     "segment_point",
     "segment_prompts",
+    "segmentation_metrics",
     "semantic_map",
 ]

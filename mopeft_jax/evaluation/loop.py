@@ -29,14 +29,19 @@ import dataclasses
 import functools
 import math
 import time
-from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from mopeft_jax.evaluation.metrics import confusion_matrix, group_means, mean_iou, mean_of
+from mopeft_jax.evaluation.metrics import (
+    confusion_matrix,
+    group_means,
+    mean_of,
+    segmentation_metrics,
+)
 from mopeft_jax.evaluation.prompts import oracle_prompts
 from mopeft_jax.evaluation.semantic_map import semantic_map
 from mopeft_jax.preprocessing import preprocess_image, resize_label_longest_side
@@ -74,6 +79,8 @@ class EvalResult:
       num_images: images evaluated.
       seconds: wall-clock time of the evaluation (compilation included).
       protocol: the mIoU rule (``mean_iou``'s ``protocol``: "mess" or "detectron2").
+      macc, pacc, fwiou, coi_miou, coi_macc: MESS's other figures, fractions
+        (:func:`mopeft_jax.evaluation.metrics.segmentation_metrics`).
     """
 
     confusion: np.ndarray
@@ -82,6 +89,34 @@ class EvalResult:
     num_images: int
     seconds: float
     protocol: str = "mess"
+    macc: float = math.nan
+    pacc: float = math.nan
+    fwiou: float = math.nan
+    coi_miou: float = math.nan
+    coi_macc: float = math.nan
+
+    @classmethod
+    def from_confusion(
+        cls,
+        confusion: np.ndarray,
+        num_images: int,
+        seconds: float,
+        protocol: str = "mess",
+        classes_of_interest: Optional[Sequence[int]] = None,
+    ) -> "EvalResult":
+        """Every figure of a dataset's summed confusion matrix."""
+        figures = segmentation_metrics(
+            confusion, classes_of_interest=classes_of_interest, protocol=protocol
+        )
+        return cls(
+            confusion,
+            figures["miou"],
+            figures["iou_per_class"],
+            num_images,
+            seconds,
+            protocol,
+            **{k: figures[k] for k in ("macc", "pacc", "fwiou", "coi_miou", "coi_macc")},
+        )
 
     def to_json(self) -> Dict[str, Any]:
         """A JSON-serialisable dict (NaN as None; mIoU as a fraction and in percent)."""
@@ -89,6 +124,10 @@ class EvalResult:
             "miou": _json_float(self.miou),
             "miou_percent": _json_float(100.0 * self.miou),
             "iou_per_class": [_json_float(v) for v in self.iou_per_class],
+            **{
+                k: _json_float(getattr(self, k))
+                for k in ("macc", "pacc", "fwiou", "coi_miou", "coi_macc")
+            },
             "num_images": int(self.num_images),
             "seconds": float(self.seconds),
             "protocol": self.protocol,
@@ -289,6 +328,7 @@ def evaluate_source(
     prompt_bucket: int = 100,
     seed: int = 42,
     protocol: str = "mess",
+    classes_of_interest: Optional[Sequence[int]] = None,
     progress: bool = True,
     desc: Optional[str] = None,
 ) -> EvalResult:
@@ -311,6 +351,7 @@ def evaluate_source(
         depend on which other images are evaluated).
       protocol: the mIoU rule, ``mean_iou``'s: "mess" (MESS's evaluator, the default) or
         "detectron2".
+      classes_of_interest: the classes of CoI-mIoU (None: every class).
       progress: show a tqdm progress bar.
       desc: the progress bar's label.
 
@@ -345,8 +386,7 @@ def evaluate_source(
         )
         confusion += confusion_matrix(pred, label, num_classes, ignore_label)
     seconds = time.perf_counter() - start_time
-    miou, iou_per_class = mean_iou(confusion, protocol=protocol)
-    return EvalResult(confusion, miou, iou_per_class, num_images, seconds, protocol)
+    return EvalResult.from_confusion(confusion, num_images, seconds, protocol, classes_of_interest)
 
 
 def evaluate_dataset(model: Sam, params, dataset, **options) -> EvalResult:
@@ -354,7 +394,7 @@ def evaluate_dataset(model: Sam, params, dataset, **options) -> EvalResult:
     with its number of classes, background class and ignore label; ``options`` are
     :func:`evaluate_source`'s (``prompt_kind``, ``max_images``, ...)."""
     info = dataset.info
-    options.setdefault("desc", dataset.spec)
+    options.setdefault("desc", dataset.name)
     return evaluate_source(
         model,
         params,
@@ -362,6 +402,7 @@ def evaluate_dataset(model: Sam, params, dataset, **options) -> EvalResult:
         num_classes=info.num_classes,
         background_class=info.background_class,
         ignore_label=info.ignore_label,
+        classes_of_interest=info.classes_of_interest,
         **options,
     )
 
@@ -375,48 +416,74 @@ def _percent(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{100.0 * value:.2f}"
 
 
-def results_table(results: Mapping[str, EvalResult], domains: Mapping[str, str]) -> str:
-    """A markdown table of per-dataset mIoU (percent), per-domain means and the benchmark mean.
+# The figures of a results table, as MESS reports them: (EvalResult attribute, column name).
+TABLE_FIGURES = (
+    ("miou", "mIoU (%)"),
+    ("macc", "mACC"),
+    ("pacc", "pACC"),
+    ("fwiou", "fwIoU"),
+    ("coi_miou", "CoI-mIoU"),
+)
 
-    The binary PAXRay datasets (names starting with ``paxray_``) are listed and then averaged
-    into one ``PAXRay-4`` entry, which counts as one dataset in the domain and benchmark means
-    (as MESS reports it). All means are unweighted means over datasets.
+
+def results_table(results: Mapping[str, EvalResult], domains: Mapping[str, str]) -> str:
+    """A markdown table of per-dataset figures (percent), per-domain means and the benchmark mean.
+
+    The figures are MESS's: mIoU, mACC, pACC, fwIoU and CoI-mIoU. The binary PAXRay datasets
+    (names starting with ``paxray_``) are listed and then averaged into one ``PAXRay-4`` entry,
+    which counts as one dataset in the domain and benchmark means (as MESS reports it). All
+    means are unweighted means over datasets.
 
     Args:
       results: dataset name -> its result, in the order the rows should have.
       domains: dataset name -> domain (e.g. a MESS domain, or "Synthetic").
 
     Returns:
-      The table, rows ``| Dataset | Domain | Images | mIoU (%) |``.
+      The table, rows ``| Dataset | Domain | Images | mIoU (%) | mACC | pACC | fwIoU |
+      CoI-mIoU |``.
     """
-    mious = {name: float(r.miou) for name, r in results.items()}
+    figures = {
+        key: {name: float(getattr(r, key)) for name, r in results.items()}
+        for key, _ in TABLE_FIGURES
+    }
     paxray = [name for name in results if name.startswith(PAXRAY_PREFIX)]
 
+    def cells(values):
+        return tuple(_percent(v) for v in values)
+
     # Benchmark entries: every dataset, the PAXRay ones merged into one.
-    entries: Dict[str, float] = {}
+    entries: Dict[str, Dict[str, float]] = {key: {} for key in figures}
     entry_domain: Dict[str, str] = {}
-    rows: List[Tuple[str, str, str, str]] = []
+    rows: List[Tuple[str, ...]] = []
     for name, result in results.items():
         domain = domains.get(name, "unknown")
-        rows.append((name, domain, str(result.num_images), _percent(mious[name])))
+        rows.append(
+            (name, domain, str(result.num_images), *cells(f[name] for f in figures.values()))
+        )
         if name in paxray:
             if name == paxray[-1]:
-                entries[PAXRAY_NAME] = mean_of(mious, paxray)
+                for key, values in figures.items():
+                    entries[key][PAXRAY_NAME] = mean_of(values, paxray)
                 entry_domain[PAXRAY_NAME] = domain
                 label = f"{PAXRAY_NAME} (mean of {len(paxray)})"
-                rows.append((label, domain, "", _percent(entries[PAXRAY_NAME])))
+                rows.append((label, domain, "", *cells(e[PAXRAY_NAME] for e in entries.values())))
         else:
-            entries[name] = mious[name]
+            for key, values in figures.items():
+                entries[key][name] = values[name]
             entry_domain[name] = domain
 
     groups: Dict[str, List[str]] = {}
     for name, domain in entry_domain.items():
         groups.setdefault(domain, []).append(name)
-    for domain, mean in group_means(entries, groups).items():
-        rows.append((f"_{domain}_ (mean of {len(groups[domain])})", "", "", _percent(mean)))
-    overall = mean_of(entries) if entries else float("nan")
-    rows.append((f"**Mean** ({len(entries)} datasets)", "", "", _percent(overall)))
+    means = {key: group_means(values, groups) for key, values in entries.items()}
+    for domain in groups:
+        label = f"_{domain}_ (mean of {len(groups[domain])})"
+        rows.append((label, "", "", *cells(m[domain] for m in means.values())))
+    count = len(entry_domain)
+    overall = (mean_of(values) if values else float("nan") for values in entries.values())
+    rows.append((f"**Mean** ({count} datasets)", "", "", *cells(overall)))
 
-    lines = ["| Dataset | Domain | Images | mIoU (%) |", "|:--|:--|--:|--:|"]
-    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    header = ("Dataset", "Domain", "Images", *(column for _, column in TABLE_FIGURES))
+    lines = ["| " + " | ".join(header) + " |", "|:--|:--|" + "--:|" * (len(header) - 2)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)

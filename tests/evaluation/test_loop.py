@@ -21,6 +21,7 @@ from mopeft_jax.evaluation import (
     mean_iou,
     oracle_prompts,
     resize_label_longest_side,
+    segmentation_metrics,
 )
 
 TINY = SamConfig(
@@ -308,7 +309,18 @@ def test_real_tiny_model_end_to_end(tiny, kind):
 
 
 def _result(miou, images=1):
-    return loop.EvalResult(np.eye(2, dtype=np.int64), miou, np.array([miou]), images, 1.0)
+    """A result whose other figures are functions of its mIoU: mACC = mIoU + 0.1, pACC = 0.9,
+    fwIoU = mIoU / 2, CoI-mIoU NaN (no class of interest present)."""
+    return loop.EvalResult(
+        np.eye(2, dtype=np.int64),
+        miou,
+        np.array([miou]),
+        images,
+        1.0,
+        macc=miou + 0.1,
+        pacc=0.9,
+        fwiou=miou / 2,
+    )
 
 
 def test_results_table_means():
@@ -328,11 +340,27 @@ def test_results_table_means():
     }
     table = loop.results_table(results, domains)
     lines = table.splitlines()
-    assert lines[0] == "| Dataset | Domain | Images | mIoU (%) |"
-    assert "| bdd100k | General | 10 | 50.00 |" in lines
-    assert "| PAXRay-4 (mean of 2) | Medical Sciences |  | 70.00 |" in lines
+    assert lines[0] == "| Dataset | Domain | Images | mIoU (%) | mACC | pACC | fwIoU | CoI-mIoU |"
+    assert "| bdd100k | General | 10 | 50.00 | 60.00 | 90.00 | 25.00 | n/a |" in lines
+    assert (
+        "| PAXRay-4 (mean of 2) | Medical Sciences |  | 70.00 | 80.00 | 90.00 | 35.00 | n/a |"
+        in lines
+    )
     # Medical: PAXRay-4 (70) and Kvasir (20) count one each.
-    assert "| _Medical Sciences_ (mean of 2) |  |  | 45.00 |" in lines
-    assert "| _Engineering_ (mean of 1) |  |  | 40.00 |" in lines
+    assert "| _Medical Sciences_ (mean of 2) |  |  | 45.00 | 55.00 | 90.00 | 22.50 | n/a |" in lines
+    assert "| _Engineering_ (mean of 1) |  |  | 40.00 | 50.00 | 90.00 | 20.00 | n/a |" in lines
     # Benchmark: bdd 50, PAXRay-4 70, kvasir 20, deepcrack 40.
-    assert lines[-1] == "| **Mean** (4 datasets) |  |  | 45.00 |"
+    assert lines[-1] == "| **Mean** (4 datasets) |  |  | 45.00 | 55.00 | 90.00 | 22.50 | n/a |"
+
+
+def test_result_has_every_mess_figure_of_its_confusion():
+    """The loop's result carries segmentation_metrics of the summed confusion matrix."""
+    confusion = np.array([[50, 2, 0], [4, 30, 6], [0, 8, 0]])
+    result = loop.EvalResult.from_confusion(confusion, 3, 1.0, classes_of_interest=(1, 2))
+    figures = segmentation_metrics(confusion, classes_of_interest=(1, 2))
+    for key in ("miou", "macc", "pacc", "fwiou", "coi_miou", "coi_macc"):
+        assert getattr(result, key) == figures[key], key
+    assert result.pacc == pytest.approx(80 / 100)
+    record = result.to_json()
+    assert record["coi_miou"] == pytest.approx(figures["coi_miou"])
+    assert record["protocol"] == "mess"

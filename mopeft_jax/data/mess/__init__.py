@@ -70,7 +70,7 @@ from mopeft_jax.data.mess import (  # noqa: F401
 )
 from mopeft_jax.data.mess.builder import build, builder_class, data_source
 from mopeft_jax.data.mess.manual_dir import check_manual_dir
-from mopeft_jax.data.mess.spec import DEV_SPLIT, DOMAINS, MessSpec, get_spec
+from mopeft_jax.data.mess.spec import DEV_SPLIT, MESS_DOMAINS, MessSpec, get_spec
 from mopeft_jax.data.mess.spec import REGISTRY as _REGISTRY
 from mopeft_jax.data.records import ManualDataError, SizeMismatchError
 from mopeft_jax.segments import IGNORE_LABEL
@@ -108,7 +108,7 @@ WorldFloods)."""
 
 __all__ = [
     "DEV_SPLIT",
-    "DOMAINS",
+    "MESS_DOMAINS",
     "IGNORE_LABEL",
     "MESS20",
     "ManualDataError",

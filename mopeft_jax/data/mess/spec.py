@@ -18,15 +18,15 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 from mopeft_jax.data.mess.archives import Source
 from mopeft_jax.data.records import Pair
-from mopeft_jax.data.registry import DatasetInfo
+from mopeft_jax.data.registry import DatasetInfo, default_classes_of_interest
 from mopeft_jax.segments import IGNORE_LABEL
 
-__all__ = ["DEV_SPLIT", "DOMAINS", "REGISTRY", "MessSpec", "Resource", "get_spec"]
+__all__ = ["DEV_SPLIT", "MESS_DOMAINS", "REGISTRY", "MessSpec", "Resource", "get_spec"]
 
 DEV_SPLIT = "dev"
 """Name of the split carved from ``train`` for datasets that MESS evaluates on ``val``."""
 
-DOMAINS = (
+MESS_DOMAINS = (
     "General",
     "Earth Monitoring",
     "Medical Sciences",
@@ -77,7 +77,7 @@ class MessSpec:
     Attributes:
       name: registry key (``"bdd100k"``); the tfds builder is ``"mess_" + name``.
       title: display name as MESS prints it (``"BDD100K"``).
-      domain: one of :data:`DOMAINS`.
+      domain: one of :data:`MESS_DOMAINS`.
       homepage: the dataset's page.
       description: a few sentences: what it is, which image modality, how labels were mapped.
       classes: class names; label value ``k`` is ``classes[k]``.
@@ -127,7 +127,7 @@ class MessSpec:
     train_source_for: tuple[str, ...] = ()
 
     def __post_init__(self):
-        if self.domain not in DOMAINS:
+        if self.domain not in MESS_DOMAINS:
             raise ValueError(f"{self.name}: unknown domain {self.domain!r}")
         if self.background_class is not None and not 0 <= self.background_class < len(self.classes):
             raise ValueError(f"{self.name}: background_class out of range")
@@ -139,7 +139,7 @@ class MessSpec:
                 "(a training source of MESS datasets)"
             )
         if not self.classes_of_interest:
-            coi = tuple(k for k in range(len(self.classes)) if k != self.background_class)
+            coi = default_classes_of_interest(len(self.classes), self.background_class)
             object.__setattr__(self, "classes_of_interest", coi)
         if not all(0 <= k < len(self.classes) for k in self.classes_of_interest):
             raise ValueError(f"{self.name}: classes_of_interest out of range")
@@ -165,6 +165,7 @@ class MessSpec:
             IGNORE_LABEL,
             self.eval_split,
             self.description,
+            self.classes_of_interest,
         )
 
     def metadata(self) -> dict[str, Any]:
