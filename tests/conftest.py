@@ -2,7 +2,7 @@
 
 `segment_anything` imports torchvision at package import; where torchvision is not installed,
 `weights_convert.official` registers empty stand-ins so that the official model code imports
-(SPEC §3).
+(it does not import on the CPU machines this project targets).
 """
 
 import jax

@@ -19,8 +19,8 @@ through :func:`preprocess_example` (pure numpy and PIL):
 These are the keys the train step consumes (:mod:`mopeft_jax.train.step`), with the batch axis
 added by :func:`make_dataset`.
 
-Prompts (SPEC section 5): one per 4-connected segment, with the segment rule of the evaluation
-(SPEC section 6) computed on the label resized like the image: every label value but the ignore
+Prompts (docs/method.md): one per 4-connected segment, with the segment rule of the evaluation
+(docs/evaluation.md) computed on the label resized like the image: every label value but the ignore
 label is a class, background included, and segments need ``min_pixels`` pixels. Up to P segments
 are kept, a uniformly random subset when there are more. The segments, boxes and points come from
 :mod:`mopeft_jax.segments` (``connected_segments``, ``segment_box``,

@@ -1,4 +1,4 @@
-"""Evaluation of SAM as the MESS benchmark evaluates it (SPEC section 6), numpy in, numpy out.
+"""Evaluation of SAM as the MESS benchmark evaluates it (docs/evaluation.md).
 
 Per image: resize the label so its longest side is 1024 (:func:`resize_label_longest_side`),
 build one oracle prompt per 4-connected segment (:func:`oracle_prompts`), decode with SAM and

@@ -1,6 +1,6 @@
 """Oracle prompts for evaluating SAM as MESS does.
 
-Protocol (SPEC section 6; checked against blumenstiel/SAM-MESS ``model/visual_prompts.py``,
+Protocol (docs/evaluation.md; checked against blumenstiel/SAM-MESS ``model/visual_prompts.py``,
 ``model/sam_model.py``, ``default_config.yaml``):
 
 1. the label is resized with nearest-neighbour interpolation so that its longest side is 1024,

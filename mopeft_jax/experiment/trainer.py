@@ -240,22 +240,24 @@ def train(config: ml_collections.ConfigDict, workdir, *, progress: bool = True) 
             disable=not progress,
             leave=False,
         )
+        warned_empty = False
         for step in bar:
-            data_state = iterator.get_state()  # before the batch: a NaN stop resumes here
-            batch = sharding.shard_batch(next(iterator), run.mesh)
+            host_batch = next(iterator)
+            if not warned_empty and not host_batch["valid"].any():
+                warned_empty = True
+                log.warning(
+                    "Step %d trains on a batch without any prompt: its labels have no segment "
+                    "of %d pixels or more (all 'ignore'?). Such batches give a zero loss.",
+                    step + 1,
+                    pipeline.min_pixels,
+                )
+            batch = sharding.shard_batch(host_batch, run.mesh)
             began = time.perf_counter()
             new_state, metrics = run.step(state, frozen, batch)
             loss = float(metrics["loss"])
             step_times.append(time.perf_counter() - began)
             if not math.isfinite(loss):
-                checkpointer.save(step, state, data_state=data_state, force=True)
-                checkpointer.wait()
-                raise TrainingDiverged(
-                    f"The loss became {loss} at step {step + 1}; training stopped. The last good "
-                    f"state (step {step}) is kept in {workdir / RUN_CHECKPOINTS}. Lower the "
-                    "learning rates (config.optimizer.learning_rates) or clip gradients "
-                    "(config.optimizer.grad_clip_norm), then rerun in the same workdir."
-                )
+                raise TrainingDiverged(_diverged(checkpointer, step, loss, workdir))
             state = new_state
             done = step + 1
             if done % config.train.log_every == 0 or done == config.train.steps:
@@ -342,6 +344,30 @@ def _resume(checkpointer, state, run: Setup, config, saved_config):
     fresh = TrainState.create(trainable, run.optimizer).replace(step=np.int32(restored.step))
     shardings = sharding.tree_shardings(fresh, run.mesh, config.mesh.strategy)
     return sharding.place(fresh, shardings), restored.data_state
+
+
+def _diverged(checkpointer, step: int, loss: float, workdir: pathlib.Path) -> str:
+    """Keeps the checkpoints of states whose loss was finite; returns the message to stop with.
+
+    The state that step `step` started from gave the non-finite loss, so the update before
+    it went wrong: its checkpoint, if saved, goes. A checkpoint of an earlier state was the
+    input of a step with a finite loss, and a rerun resumes from the newest of them (replaying
+    the update with the lowered learning rate or the clipping that the message advises).
+    """
+    for saved in checkpointer.all_steps():
+        if saved >= step:
+            checkpointer.delete(saved)
+    kept = checkpointer.all_steps()
+    where = (
+        f"The last good checkpoint (step {kept[-1]}) is kept in {workdir / RUN_CHECKPOINTS}"
+        if kept
+        else "No checkpoint precedes it: a rerun starts from the beginning"
+    )
+    return (
+        f"The loss became {loss} at step {step + 1}; training stopped. {where}. Lower the "
+        "learning rates (config.optimizer.learning_rates) or clip gradients "
+        "(config.optimizer.grad_clip_norm), then rerun in the same workdir."
+    )
 
 
 def _export(workdir: pathlib.Path, run: Setup, state, frozen, step: int) -> None:

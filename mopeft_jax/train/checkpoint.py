@@ -191,6 +191,11 @@ class TrainCheckpointer:
             items[METADATA] = ocp.args.JsonSave(to_json(metadata))
         return self._manager.save(int(step), args=ocp.args.Composite(**items), force=force)
 
+    def delete(self, step: int) -> None:
+        """Deletes checkpoint `step` (e.g. a state found to be bad after it was saved)."""
+        self.wait()
+        self._manager.delete(int(step))
+
     def wait(self) -> None:
         """Blocks until every started save is committed (or raises its error)."""
         self._manager.wait_until_finished()

@@ -1,4 +1,4 @@
-"""SAM's training loss (SPEC section 5): focal + dice on the mask, MSE of the IoU head.
+"""SAM's training loss (docs/method.md): focal + dice on the mask, MSE of the IoU head.
 
 Pure ``jax.numpy`` functions, safe under ``jax.jit`` and ``jax.grad``. Mask tensors are logits
 (before the sigmoid) and binary targets at the same resolution, usually SAM's low-resolution

@@ -1,4 +1,4 @@
-"""Meshes, parameter shardings and the sharded, jitted train step (SPEC section 5).
+"""Meshes, parameter shardings and the sharded, jitted train step.
 
 One 2-D `jax.sharding.Mesh` with the axes ("data", "model"):
 

@@ -1,4 +1,4 @@
-"""Tests of mopeft_jax.evaluation.metrics (SPEC section 6: confusion matrix, MESS's figures)."""
+"""Tests of mopeft_jax.evaluation.metrics (docs/evaluation.md: confusion matrix, MESS's figures)."""
 
 import importlib.util
 import logging

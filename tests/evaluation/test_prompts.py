@@ -1,4 +1,4 @@
-"""Tests of mopeft_jax.evaluation.prompts and .segments (SPEC section 6, oracle prompts)."""
+"""Tests of mopeft_jax.evaluation.prompts and .segments (docs/evaluation.md, oracle prompts)."""
 
 import numpy as np
 import pytest

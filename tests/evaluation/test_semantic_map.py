@@ -1,4 +1,4 @@
-"""Tests of mopeft_jax.evaluation.semantic_map (SPEC section 6, SAM-MESS's instance->semantic rule)."""
+"""Tests of mopeft_jax.evaluation.semantic_map (docs/evaluation.md, SAM-MESS's instance->semantic rule)."""
 
 import numpy as np
 import pytest

@@ -81,13 +81,15 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_state(tmp_path, m
         return Poisoned(real_dataset(*args, **kwargs))
 
     monkeypatch.setattr(train_lib, "make_dataset", poisoned)
+    # The state that step 4 starts from (step 3's output) gave the NaN, so the newest state
+    # known good is the last checkpoint before it: step 2's (checkpoint_every=2).
     with pytest.raises(
         train_lib.TrainingDiverged,
         match=r"The loss became nan at step 4; training stopped\. The last good "
-        r"state \(step 3\) is kept",
+        r"checkpoint \(step 2\) is kept",
     ):
         train_lib.train(small_config(), tmp_path, progress=False)
     from mopeft_jax.train.checkpoint import TrainCheckpointer
 
     with TrainCheckpointer(tmp_path / "checkpoints") as checkpointer:
-        assert checkpointer.latest_step() == 3
+        assert checkpointer.latest_step() == 2
