@@ -132,10 +132,10 @@ def _locate(path, step: Optional[int]):
             f"{path} is not a training run's folder (no {RUN_FILE}); only runs have steps."
         )
     raise FileNotFoundError(
-        f"{path} is not a mopeft-jax model: expected a pretrained folder ({CONFIG_FILE} and "
-        f"{PARAMS_DIR}/, written by save_pretrained or by converting an official checkpoint with "
-        f"`python -m weights_convert SRC.pth DIR`), a training run's folder ({RUN_FILE}, written "
-        f"by `python -m experiments.train`), or a step of one ({RUN_CHECKPOINTS}/<step>)."
+        f"{path} is not a mopeft-jax checkpoint: expected {CONFIG_FILE} and {PARAMS_DIR}/ (a "
+        "pretrained folder, written by save_pretrained or by converting an official checkpoint "
+        f"with `python -m weights_convert SRC.pth DIR`), or {RUN_FILE} (a training run's folder, "
+        f"written by `python -m experiments.train`), or a step of one ({RUN_CHECKPOINTS}/<step>)."
     )
 
 

@@ -102,7 +102,7 @@ def test_cli_bad_arguments(checkpoint, tmp_path, capsys):
     assert "expected kind:name with kind one of synthetic, mess, folder" in _one_line_error(capsys)
     argv = ["--checkpoint", str(tmp_path / "none"), "--dataset", "synthetic:source"]
     assert evaluate.main(argv) == 1
-    assert "is not a mopeft-jax model" in _one_line_error(capsys)
+    assert "is not a mopeft-jax checkpoint" in _one_line_error(capsys)
 
 
 def test_cli_subprocess_exit_status(tmp_path):
