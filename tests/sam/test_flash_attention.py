@@ -16,7 +16,7 @@ from mopeft_jax.peft import preset
 from mopeft_jax.sam import flash_attention as flash_lib
 from mopeft_jax.sam.attention import dot_product_attention
 from mopeft_jax.sam.config import SamConfig
-from mopeft_jax.train.partition import label_params, merge, split
+from mopeft_jax.train.partition import kind_of, merge, split
 
 
 def random_inputs(batch, heads, head_dim, grid, num_keys, dtype, seed=0):
@@ -130,7 +130,11 @@ def mopeft_encoder():
     params = jax.tree_util.tree_map(
         lambda x: jnp.asarray(0.2 * rng.randn(*x.shape), x.dtype), shapes
     )
-    trainable, frozen = split(params, label_params(params, config.peft))
+
+    def label(path, _):  # the PEFT layers and their gates train
+        return "peft" if kind_of(tuple(k.key for k in path)) in ("gate", "peft") else "frozen"
+
+    trainable, frozen = split(params, jax.tree_util.tree_map_with_path(label, params))
     images = jnp.asarray(np.random.RandomState(0).randn(1, 128, 128, 3), jnp.float32)
     return config, trainable, frozen, images
 
