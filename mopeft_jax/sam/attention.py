@@ -9,13 +9,16 @@ Materialising that bias for a global block of ViT-B is a (B, 12, 4096, 4096)
 tensor, and on a CPU a plain batched attention over it is memory-bound. The
 chunked kernel therefore walks over steps of a few MB of logits, forming the bias
 of one step at a time: a query chunk of one head, or all queries of several heads
-where sequences are short (windows); on GPU/TPU the full bias goes to XLA's fused
-attention.
+where sequences are short (windows).
 Its custom VJP is flash attention's backward: it recomputes each chunk's logits
 instead of storing them, so a train step with frozen encoder weights costs about
 one more forward's worth of matmuls and no (B, N, Tq, Tk) activations.
 Optional prefix keys/values (prefix tuning) come before the spatial keys and get
 no positional bias.
+
+On GPUs the encoder's attention goes to a Pallas flash-attention kernel
+(`flash_attention.py`) that forms the bias in-kernel. `choose_implementation` picks
+a kernel per call from its shapes, dtype and backend.
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ from typing import NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
+
+from mopeft_jax.sam.config import ATTENTION_IMPLEMENTATIONS
+from mopeft_jax.sam.flash_attention import flash_attention
 
 # Above this many logits per (batch, head), "auto" chunks queries on the CPU. With a
 # rel-pos bias (the image encoder) it always does: on ViT-B's 14x14 windows the
@@ -301,6 +307,67 @@ def _chunked_attention(q, k, v, rel_h, rel_w, num_prefix, query_chunk):
     return out.reshape(b, n, tq, h).transpose(0, 2, 1, 3)
 
 
+# dtypes of the flash kernel on a GPU (Triton's dot takes no float64 operands).
+_FLASH_DTYPES = ("bfloat16", "float16", "float32")
+
+
+def cudnn_supports(*, q_len: int, k_len: int, head_dim: int, dtype) -> bool:
+    """Whether `jax.nn.dot_product_attention`'s cuDNN kernel takes these shapes in training.
+
+    It needs float16 or bfloat16, a head dim that is a multiple of 8 and at most 128
+    (256 from Hopper on, which the shapes alone do not tell), and even sequence
+    lengths in training: on the mask decoder's 7 tokens it raised
+    `NotImplementedError: Unsupported sequence length Q 7, KV 4096`.
+    """
+    return (
+        jnp.dtype(dtype) in (jnp.float16, jnp.bfloat16)
+        and head_dim % 8 == 0
+        and head_dim <= 128
+        and q_len % 2 == 0
+        and k_len % 2 == 0
+    )
+
+
+def choose_implementation(
+    requested: str, *, backend: str, q_len: int, k_len: int, head_dim: int, dtype, has_bias: bool
+) -> str:
+    """The kernel ("xla", "cudnn", "chunked" or "flash") for one attention call.
+
+    "xla", "chunked" and "flash" are taken as requested. "cudnn" is taken where cuDNN
+    supports the call (`cudnn_supports`, on a GPU) and is "xla" elsewhere, so that the
+    mask decoder's odd token counts do not break training. "auto" picks:
+      GPU: "flash" for the encoder's rel-pos attention (no (B, N, Tq, Tk) bias or
+        logits in memory; "chunked" for float64), else "xla";
+      TPU: "chunked" with a rel-pos bias (memory-light, as on GPU), else "xla";
+      CPU: "chunked" with a rel-pos bias or more than `_CHUNK_THRESHOLD` logits per
+        head (faster there than XLA's attention), else "xla".
+
+    Args:
+      requested: one of `ATTENTION_IMPLEMENTATIONS`.
+      backend: `jax.default_backend()`: "cpu", "gpu" or "tpu".
+      q_len, k_len: queries Tq and keys Tk (prefix keys included).
+      head_dim: H.
+      dtype: dtype of q, k and v.
+      has_bias: whether the call has a decomposed rel-pos bias (the image encoder).
+    """
+    if requested not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(f"attention {requested!r} is not one of {ATTENTION_IMPLEMENTATIONS}")
+    if requested == "cudnn":
+        supported = backend == "gpu" and cudnn_supports(
+            q_len=q_len, k_len=k_len, head_dim=head_dim, dtype=dtype
+        )
+        return "cudnn" if supported else "xla"
+    if requested != "auto":
+        return requested
+    if backend == "gpu":
+        if not has_bias:
+            return "xla"
+        return "flash" if jnp.dtype(dtype).name in _FLASH_DTYPES else "chunked"
+    if backend == "tpu":
+        return "chunked" if has_bias else "xla"
+    return "chunked" if has_bias or q_len * k_len > _CHUNK_THRESHOLD else "xla"
+
+
 def dot_product_attention(
     q: jax.Array,
     k: jax.Array,
@@ -323,7 +390,8 @@ def dot_product_attention(
       rel_h: (B, Tq, N, kh) bias per query and key row, or None.
       rel_w: (B, Tq, N, kw) bias per query and key column; kh*kw = Tk - num_prefix.
       num_prefix: keys before the spatial grid, which get no positional bias.
-      implementation: "auto", "xla", "cudnn" or "chunked" (see `SamConfig.attention`).
+      implementation: "auto", "xla", "cudnn", "chunked" or "flash" (see
+        `SamConfig.attention` and `choose_implementation`).
       query_chunk: most queries per step of the chunked kernel (fewer where a step
         would have more than `_STEP_LOGITS` logits).
 
@@ -331,16 +399,20 @@ def dot_product_attention(
       (B, Tq, N, H) attention output.
     """
     q, k, v = jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)
-    if implementation == "auto":
-        on_cpu = jax.default_backend() == "cpu"
-        implementation = (
-            "chunked"
-            if on_cpu and (rel_h is not None or q.shape[1] * k.shape[1] > _CHUNK_THRESHOLD)
-            else "xla"
-        )
+    implementation = choose_implementation(
+        implementation,
+        backend=jax.default_backend(),
+        q_len=q.shape[1],
+        k_len=k.shape[1],
+        head_dim=q.shape[3],
+        dtype=q.dtype,
+        has_bias=rel_h is not None,
+    )
     q = q * jnp.asarray(scale, q.dtype)
     if implementation == "chunked":
         return _chunked_attention(q, k, v, rel_h, rel_w, num_prefix, query_chunk)
+    if implementation == "flash":
+        return flash_attention(q, k, v, rel_h, rel_w, num_prefix=num_prefix)
     bias = None
     if rel_h is not None:
         bias = _expand_bias(

@@ -11,7 +11,7 @@ from typing import Any, Optional, Tuple
 
 from mopeft_jax.preprocessing import PIXEL_MEAN, PIXEL_STD
 
-ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "chunked")
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "chunked", "flash")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,9 +39,17 @@ class SamConfig:
       pixel_mean, pixel_std: RGB normalisation of the input (`mopeft_jax.preprocessing`).
       dtype: compute dtype ("float32"; "bfloat16" on accelerators; "float64" for gradient
         checks, with jax_enable_x64); parameters stay float32.
-      attention: "auto" (on CPU the query-chunked kernel with a flash-style backward for
-        the encoder's rel-pos attention and long sequences, else XLA's
-        `jax.nn.dot_product_attention`), "xla", "cudnn" (fused GPU kernel) or "chunked".
+      attention: the attention kernel, chosen per call by
+        `attention.choose_implementation`. "auto": for the encoder's rel-pos
+        attention "flash" on GPUs and "chunked" on TPUs and CPUs; elsewhere XLA's
+        `jax.nn.dot_product_attention`, or "chunked" on CPUs for long sequences.
+        "xla": XLA's attention with the bias materialised. "cudnn": cuDNN's fused
+        GPU kernel where it supports the call (float16/bfloat16, even lengths, head
+        dim a multiple of 8 up to 128), XLA's elsewhere (the decoder's 7 tokens).
+        "chunked": the query-chunked XLA kernel with a flash-style backward.
+        "flash": the Pallas flash-attention kernel with the bias formed in-kernel
+        (`flash_attention.py`) for every call; outside GPUs it runs in Pallas'
+        interpret mode, which is correct but slow.
       attention_query_chunk: at most this many queries per step of the chunked attention.
       remat: rematerialise encoder blocks in the backward pass (saves activation memory).
       peft: a `mopeft_jax.peft.PeftConfig`, or None for plain SAM.

@@ -1,13 +1,19 @@
 """The attention kernels agree with a direct computation of the formula, and so do
-their gradients (the chunked kernel has its own flash-attention style VJP)."""
+their gradients (the chunked kernel has its own flash-attention style VJP); each of
+SAM's attention calls gets a kernel that supports it on every backend."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
+from mopeft_jax import Sam, SamConfig
+from mopeft_jax.peft import preset
 from mopeft_jax.sam import attention
+from mopeft_jax.sam.attention import choose_implementation as choose
 from mopeft_jax.sam.attention import dot_product_attention
+from mopeft_jax.train.step import TrainState, make_train_step
 
 
 def reference_attention(q, k, v, scale, rel_h, rel_w, num_prefix):
@@ -168,3 +174,112 @@ def test_steps_are_capped_by_logits_per_step(monkeypatch, step_logits, heads, ch
     )
     for a, e in zip(grads, expected):
         np.testing.assert_allclose(a, e, rtol=0, atol=2e-5)
+
+
+def record_attention_calls(fn, *args):
+    """The keyword arguments of every `choose_implementation` call that tracing
+    `fn(*args)` makes (shapes only, nothing runs)."""
+    calls = []
+
+    def record(requested, **call):
+        calls.append(call)
+        return choose(requested, **call)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(attention, "choose_implementation", record)
+        jax.eval_shape(fn, *args)
+    return calls
+
+
+@pytest.fixture(scope="module")
+def vit_b_calls():
+    """Attention calls of bfloat16 ViT-B SAM's forward (no prefix) and of a MoPEFT train
+    step (10 prefix keys per block) on one 1024x1024 image with box prompts."""
+    image = jax.ShapeDtypeStruct((1, 1024, 1024, 3), jnp.float32)
+    sam = Sam(SamConfig.vit_b(dtype="bfloat16"))
+    sam_params = jax.eval_shape(lambda: sam.init_params(jax.random.key(0)))
+    forward = lambda params, image, boxes: sam.apply({"params": params}, image, boxes=boxes)  # noqa: E731
+    boxes = jax.ShapeDtypeStruct((1, 4), jnp.float32)
+    calls = record_attention_calls(forward, sam_params, image, boxes)
+
+    model = Sam(sam.config.replace(peft=preset("mopeft")))
+    params = jax.eval_shape(lambda: model.init_params(jax.random.key(0)))
+    optimizer = optax.adam(1e-3)
+    # Everything trains: which params do makes no difference to the attention calls.
+    state = jax.eval_shape(lambda t: TrainState.create(t, optimizer), params)
+    batch = {
+        "image": image,
+        "boxes": jax.ShapeDtypeStruct((1, 2, 4), jnp.float32),
+        "masks": jax.ShapeDtypeStruct((1, 2, 256, 256), jnp.float32),
+        "valid": jax.ShapeDtypeStruct((1, 2), jnp.bool_),
+    }
+    return calls + record_attention_calls(make_train_step(model, optimizer), state, {}, batch)
+
+
+def call_kind(call):
+    """Which attention of SAM a call is, from its shapes."""
+    if call["has_bias"]:
+        return f"encoder {'window' if call['q_len'] == 196 else 'global'} +{call['k_len'] - call['q_len']}"
+    if call["q_len"] == call["k_len"]:
+        return "decoder tokens"
+    return "decoder token->image" if call["q_len"] < call["k_len"] else "decoder image->token"
+
+
+def expected_choice(requested, backend, kind, dtype):
+    """The kernel SamConfig.attention = `requested` should run for a call of `kind`."""
+    encoder = kind.startswith("encoder")
+    if requested == "auto":
+        if encoder:
+            return "flash" if backend == "gpu" else "chunked"
+        return "xla"
+    if requested == "cudnn":
+        # The decoder's calls have 7 tokens, which cuDNN rejects in training.
+        return "cudnn" if backend == "gpu" and encoder and dtype == "bfloat16" else "xla"
+    return requested
+
+
+def test_vit_b_attention_calls(vit_b_calls):
+    """The recorded calls are all of SAM's attentions, with and without prefix keys."""
+    kinds = {call_kind(call) for call in vit_b_calls}
+    assert kinds == {
+        "encoder window +0",
+        "encoder window +10",
+        "encoder global +0",
+        "encoder global +10",
+        "decoder tokens",
+        "decoder token->image",
+        "decoder image->token",
+    }
+    # 12 encoder blocks and 7 decoder attentions, in the forward and in the train step.
+    assert len(vit_b_calls) == 2 * (12 + 7)
+    assert {c["q_len"] for c in vit_b_calls if not c["has_bias"]} == {7, 4096}
+    assert all(c["dtype"] == jnp.bfloat16 for c in vit_b_calls)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("backend", ["gpu", "tpu", "cpu"])
+@pytest.mark.parametrize("requested", ["auto", "xla", "cudnn", "chunked", "flash"])
+def test_choice_for_every_attention_call_of_vit_b(vit_b_calls, requested, backend, dtype):
+    for call in vit_b_calls:
+        choice = choose(requested, **dict(call, backend=backend, dtype=jnp.dtype(dtype)))
+        assert choice == expected_choice(requested, backend, call_kind(call), dtype), call
+
+
+def test_cudnn_falls_back_to_xla_where_unsupported():
+    """On the CPU, and for odd lengths or float32 on a GPU, "cudnn" runs XLA's kernel."""
+    q, k, v, _, _ = random_inputs((5, 6), 0, False)
+    h = q.shape[-1]
+    expected = dot_product_attention(q, k, v, scale=h**-0.5, implementation="xla")
+    actual = dot_product_attention(q, k, v, scale=h**-0.5, implementation="cudnn")
+    np.testing.assert_array_equal(actual, expected)
+    shape = dict(q_len=7, k_len=4096, head_dim=16, has_bias=False)
+    assert choose("cudnn", backend="gpu", dtype=jnp.bfloat16, **shape) == "xla"
+    shape.update(q_len=8)
+    assert choose("cudnn", backend="gpu", dtype=jnp.bfloat16, **shape) == "cudnn"
+    assert choose("cudnn", backend="gpu", dtype=jnp.float32, **shape) == "xla"
+    assert choose("cudnn", backend="gpu", dtype=jnp.float64, **dict(shape, has_bias=True)) == "xla"
+    assert (
+        choose("auto", backend="gpu", dtype=jnp.float64, **dict(shape, has_bias=True)) == "chunked"
+    )
+    with pytest.raises(ValueError, match="'fast' is not one of"):
+        choose("fast", backend="cpu", dtype=jnp.float32, **shape)
