@@ -30,6 +30,7 @@ __all__ = [
     "PIXEL_STD",
     "apply_boxes",
     "apply_coords",
+    "check_pixel_range",
     "normalize_and_pad",
     "preprocess_image",
     "preprocess_shape",
@@ -72,22 +73,16 @@ def rgb_channels(image):
     return image[..., (0, 0, 0)] if image.shape[-1] == 1 else image[..., :3]
 
 
-def to_rgb(image) -> np.ndarray:
-    """An image as ``(H, W, 3)`` uint8 RGB, the input SAM's preprocessing starts from.
+def check_pixel_range(image) -> None:
+    """Raises ValueError unless the (concrete) pixel values are RGB in [0, 255].
 
-    Channels as :func:`rgb_channels`. A non-uint8 array is accepted only when it converts to
-    uint8 losslessly (integers in [0, 255]); anything else raises, so that no image is silently
-    rescaled: a float image in [0, 1] would come out almost black, a 16-bit one over-bright.
-
-    Raises:
-        ValueError: for another shape, an empty image, or values that are not 8-bit integers,
-            with the conversion to apply.
+    Floats in [0, 255] pass (a float pipeline's own resizing); a float image in [0, 1], which
+    would come out almost black, or values beyond 255 (a 16-bit image, which would come out
+    over-bright) get an error with the conversion to apply.
     """
-    image = rgb_channels(np.asarray(image))
-    if image.shape[0] == 0 or image.shape[1] == 0:
-        raise ValueError(f"image is empty: shape {image.shape}")
-    if image.dtype == np.uint8:
-        return np.ascontiguousarray(image)
+    image = np.asarray(image)
+    if image.dtype == np.uint8 or image.size == 0:
+        return
     if not (np.issubdtype(image.dtype, np.number) or image.dtype == bool):
         raise ValueError(f"image must be numeric, got dtype {image.dtype}")
     values = image.astype(np.float64)
@@ -99,13 +94,35 @@ def to_rgb(image) -> np.ndarray:
             f"image of dtype {image.dtype} has values in [{low:g}, {high:g}]: SAM expects 8-bit "
             "RGB in [0, 255]; convert it with (image * 255).round().astype(np.uint8)"
         )
-    if low < 0 or high > 255 or np.any(values != np.round(values)):
+    if low < 0 or high > 255:
         raise ValueError(
             f"image of dtype {image.dtype} has values in [{low:g}, {high:g}]: SAM expects 8-bit "
-            "RGB, integers in [0, 255]; convert it to uint8 first (a 16-bit image: "
+            "RGB in [0, 255]; convert it to uint8 first (a 16-bit image: "
             "(image // 257).astype(np.uint8))"
         )
-    return image.astype(np.uint8)
+
+
+def to_rgb(image) -> np.ndarray:
+    """An image as ``(H, W, 3)`` uint8 RGB, the input SAM's preprocessing starts from.
+
+    Channels as :func:`rgb_channels`, values as :func:`check_pixel_range`. A non-uint8 array is
+    accepted only when it converts to uint8 losslessly (integers in [0, 255]), so that no image
+    is silently rescaled or rounded.
+
+    Raises:
+        ValueError: for another shape, an empty image, or values that are not 8-bit integers,
+            with the conversion to apply.
+    """
+    image = rgb_channels(np.asarray(image))
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"image is empty: shape {image.shape}")
+    check_pixel_range(image)
+    if image.dtype != np.uint8 and np.any(image != np.round(image)):
+        raise ValueError(
+            f"image of dtype {image.dtype} has fractional values: SAM's preprocessing starts "
+            "from 8-bit RGB, integers in [0, 255]; round it and convert it to uint8 first"
+        )
+    return np.ascontiguousarray(image.astype(np.uint8))
 
 
 def resize_image(image: np.ndarray, size: Tuple[int, int]) -> np.ndarray:

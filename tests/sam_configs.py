@@ -71,3 +71,16 @@ SMALL_CONFIGS = {
         iou_head_hidden_dim=32,
     ),
 }
+
+# The smallest SAM the pipeline tests run end to end: one global block on a 4 x 4 grid.
+MINIMAL = SamConfig(
+    encoder_embed_dim=32,
+    encoder_depth=1,
+    encoder_num_heads=1,
+    encoder_global_attn_indexes=(0,),
+    image_size=64,
+    window_size=0,
+    prompt_embed_dim=32,
+    decoder_mlp_dim=32,
+    iou_head_hidden_dim=32,
+)

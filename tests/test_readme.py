@@ -16,22 +16,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from sam_configs import MINIMAL
 
-from mopeft_jax import SamConfig
 from weights_convert.official import build_official_sam
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
-TINY = SamConfig(
-    encoder_embed_dim=32,
-    encoder_depth=1,
-    encoder_num_heads=1,
-    encoder_global_attn_indexes=(0,),
-    image_size=64,
-    window_size=0,
-    prompt_embed_dim=32,
-    decoder_mlp_dim=32,
-    iou_head_hidden_dim=32,
-)
+TINY = MINIMAL
 # The README trains for 1000 steps; the test for two.
 SHORT_TRAINING = ["--config.train.steps=2", "--config.train.checkpoint_every=1"]
 
@@ -43,12 +33,19 @@ def blocks(language: str) -> list:
 def commands(block: str) -> list:
     """The shell commands of a block, continuation lines joined, comments dropped."""
     joined = block.replace("\\\n", " ")
-    return [line.strip() for line in joined.splitlines() if line.strip() and not line.startswith("#")]
+    return [
+        line.strip() for line in joined.splitlines() if line.strip() and not line.startswith("#")
+    ]
 
 
 def loop_commands() -> list:
     """The commands of the researcher loop: conversion, data preparation, training, evaluation."""
-    wanted = ("python -m weights_convert", "python -c", "python -m experiments.train", "python -m experiments.evaluate")
+    wanted = (
+        "python -m weights_convert",
+        "python -c",
+        "python -m experiments.train",
+        "python -m experiments.evaluate",
+    )
     return [c for b in blocks("bash") for c in commands(b) if c.startswith(wanted)]
 
 

@@ -338,13 +338,15 @@ def make_dataset(
     *,
     shard_index: Optional[int] = None,
     shard_count: Optional[int] = None,
+    start_batch: int = 0,
 ) -> grain.IterDataset:
     """The training stream of batches of a random-access source.
 
     Pipeline: ``MapDataset.source(source)`` -> shard ``[shard_index::shard_count]`` ->
     ``shuffle(config.seed)`` -> ``repeat(num_epochs)`` (a new order every epoch) ->
     ``random_map(preprocess_example)`` -> ``batch(batch_size, drop_remainder)`` ->
-    ``to_iter_dataset()`` -> ``mp_prefetch`` when ``config.worker_count > 0``.
+    ``[start_batch:]`` -> ``to_iter_dataset()`` -> ``mp_prefetch`` when
+    ``config.worker_count > 0``.
 
     Every element's generator is a function of the seed (mixed with the shard index) and of the
     element's position in the stream, so the stream is the same on every run, each epoch draws
@@ -360,6 +362,9 @@ def make_dataset(
             interleave (``source[i::n]``): they are disjoint, cover the source and differ in
             length by at most one example, so with a finite ``num_epochs`` hosts may yield a
             different number of batches; repeat forever and count steps for multi-host training.
+        start_batch: skip this many batches: the stream a run resumes after ``start_batch``
+            steps (every batch is a function of its position, so this needs no iterator
+            state and holds whatever ``worker_count`` the run resumes with).
 
     Returns:
         A ``grain.IterDataset`` of dicts of numpy arrays with a leading batch axis B: ``image``
@@ -407,6 +412,10 @@ def make_dataset(
     ds = ds.repeat(config.num_epochs)
     ds = ds.random_map(PreprocessTransform(config), seed=_per_shard_seed(config.seed, shard_index))
     ds = ds.batch(config.batch_size, drop_remainder=config.drop_remainder)
+    if start_batch:
+        if not _is_int(start_batch) or start_batch < 0:
+            raise ValueError(f"start_batch must be an int >= 0, got {start_batch!r}")
+        ds = ds[start_batch:]
     ids = ds.to_iter_dataset()
     if config.worker_count > 0:
         _ensure_absl_flags_parsed()

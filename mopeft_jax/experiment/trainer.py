@@ -6,7 +6,7 @@
 
 The run folder (`mopeft_jax.pretrained` documents its layout) holds run.json (the config and how
 to rebuild the model), metrics.jsonl, checkpoints/<step>/ (trainable params, optimizer and
-data-iterator state) and, at the end and every `train.export_every` steps, model/ (a pretrained
+the position in the data stream) and, at the end and every `train.export_every` steps, model/ (a pretrained
 folder of the whole model).
 
 Failures a researcher meets, and what a rerun of the same command does:
@@ -56,6 +56,7 @@ from mopeft_jax.train.step import LossConfig, TrainState, make_train_step
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
+_BATCHES = "batches"  # a checkpoint's data state: the batches the run has consumed
 
 # Fields that make a run folder what it is. Resuming with any of them changed would mix two
 # experiments in one folder; the optimizer, the number of steps and logging may change.
@@ -66,7 +67,11 @@ IDENTITY_FIELDS = (
     "peft_overrides",
     "trainable",
     "dtype",
-    "data",
+    "data.name",
+    "data.split",
+    "data.num_examples",
+    "data.image_size",
+    "data.seed",
     "pipeline.batch_size",
     "pipeline.max_prompts",
     "loss",
@@ -216,20 +221,20 @@ def train(config: ml_collections.ConfigDict, workdir, *, progress: bool = True) 
     workdir = pathlib.Path(config_lib.expand_path(str(workdir))).absolute()
     saved_config = _check_config(config, workdir)
     run = setup(config)
-    write_run(workdir, run.run_model, config.to_dict())
-
     dataset = config_lib.dataset(config)
     pipeline = config_lib.pipeline_config(config, run.model.config, dataset.info.ignore_label)
-    iterator = iter(make_dataset(dataset.source, pipeline))
+    # Written once everything is built: a run that failed to start leaves no record to match.
+    write_run(workdir, run.run_model, config.to_dict())
     state, frozen = run.state, run.frozen
     writer = _tensorboard(workdir) if config.train.tensorboard else None
 
     with TrainCheckpointer(workdir / RUN_CHECKPOINTS) as checkpointer:
-        start = 0
+        start, batches = 0, 0
         if checkpointer.all_steps():
             state, data_state = _resume(checkpointer, state, run, config, saved_config)
-            iterator.set_state(data_state)
-            start = int(state.step)
+            start, batches = int(state.step), data_state[_BATCHES]
+        # Every batch is a function of its position in the stream: resuming needs its count.
+        iterator = iter(make_dataset(dataset.source, pipeline, start_batch=batches))
         history = _read_history(workdir / METRICS_FILE, start)
         step_times: List[float] = []
         bar = tqdm(
@@ -243,6 +248,7 @@ def train(config: ml_collections.ConfigDict, workdir, *, progress: bool = True) 
         warned_empty = False
         for step in bar:
             host_batch = next(iterator)
+            batches += 1
             if not warned_empty and not host_batch["valid"].any():
                 warned_empty = True
                 log.warning(
@@ -270,7 +276,7 @@ def train(config: ml_collections.ConfigDict, workdir, *, progress: bool = True) 
                         writer.add_scalar(key, value, done)
                 bar.set_postfix(loss=f"{loss:.4f}")
             if done % config.train.checkpoint_every == 0 or done == config.train.steps:
-                checkpointer.save(done, state, data_state=iterator.get_state())
+                checkpointer.save(done, state, data_state={_BATCHES: batches})
             export_every = config.train.export_every
             if done == config.train.steps or (export_every and done % export_every == 0):
                 _export(workdir, run, state, frozen, done)
@@ -292,9 +298,9 @@ def train(config: ml_collections.ConfigDict, workdir, *, progress: bool = True) 
 
 
 def _check_config(config, workdir: pathlib.Path) -> Optional[dict]:
-    """The config a run folder was trained with (None for a new folder); raises if it differs
-    in the fields that define the run."""
-    if not (workdir / RUN_FILE).is_file():
+    """The config a run folder was trained with (None if nothing was trained in it yet);
+    raises if it differs in the fields that define the run."""
+    if not (workdir / RUN_FILE).is_file() or not (workdir / RUN_CHECKPOINTS).is_dir():
         return None
     _, saved = read_run(workdir)
     new = config.to_dict()

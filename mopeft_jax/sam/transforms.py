@@ -22,6 +22,7 @@ from mopeft_jax.preprocessing import (
     PIXEL_STD,
     apply_boxes,
     apply_coords,
+    check_pixel_range,
     preprocess_shape,
     rgb_channels,
 )
@@ -75,8 +76,12 @@ def preprocess(
 ) -> jax.Array:
     """An RGB image (H, W, 3) in [0, 255] -> the encoder input (S, S, 3).
 
-    Grayscale (H, W) or (H, W, 1) and RGBA (H, W, 4) images are converted to RGB.
+    Grayscale (H, W) or (H, W, 1) and RGBA (H, W, 4) images are converted to RGB. Concrete
+    (not traced) images are checked to hold pixel values in [0, 255]: a float image in [0, 1]
+    or a 16-bit one is refused (`mopeft_jax.preprocessing.check_pixel_range`).
     """
+    if not isinstance(image, jax.core.Tracer):
+        check_pixel_range(image)
     image = rgb_channels(jnp.asarray(image))
     return normalize_and_pad(
         resize_longest_side(image, image_size), image_size, pixel_mean, pixel_std

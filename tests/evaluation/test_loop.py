@@ -12,8 +12,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from sam_configs import MINIMAL
 
-from mopeft_jax import Sam, SamConfig
+from mopeft_jax import Sam
 from mopeft_jax.data import SyntheticSegmentation
 from mopeft_jax.evaluation import (
     connected_segments,
@@ -24,17 +25,7 @@ from mopeft_jax.evaluation import (
     segmentation_metrics,
 )
 
-TINY = SamConfig(
-    encoder_embed_dim=32,
-    encoder_depth=1,
-    encoder_num_heads=1,
-    encoder_global_attn_indexes=(0,),
-    image_size=64,
-    window_size=0,
-    prompt_embed_dim=32,
-    decoder_mlp_dim=32,
-    iou_head_hidden_dim=32,
-)
+TINY = MINIMAL
 # Low-res logits at the input resolution: a stand-in decoder can draw any input-frame mask.
 FINE_64 = TINY.replace(patch_size=4)
 FINE_128 = TINY.replace(patch_size=4, image_size=128)

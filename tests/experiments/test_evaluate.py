@@ -7,22 +7,12 @@ import sys
 import jax
 import numpy as np
 import pytest
+from sam_configs import MINIMAL
 
 from experiments import evaluate
 from mopeft_jax import Sam, save_pretrained
-from mopeft_jax.sam.config import SamConfig
 
-TINY = SamConfig(
-    encoder_embed_dim=32,
-    encoder_depth=1,
-    encoder_num_heads=1,
-    encoder_global_attn_indexes=(0,),
-    image_size=64,
-    window_size=0,
-    prompt_embed_dim=32,
-    decoder_mlp_dim=32,
-    iou_head_hidden_dim=32,
-)
+TINY = MINIMAL
 
 
 @pytest.fixture(scope="module")

@@ -200,7 +200,7 @@ def test_another_experiments_config_gets_one_line_naming_the_fields(
     assert status == 1
     line = one_error_line(err)
     assert f"{workdir} holds a run trained with peft='mopeft' (this config: 'lora')" in line
-    assert "data=" in line and "noise_shift" in line
+    assert "data.name='synthetic:color_shift' (this config: 'synthetic:noise_shift')" in line
     assert "checkpoint=" not in line  # only the fields that differ
 
 
