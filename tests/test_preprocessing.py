@@ -24,7 +24,7 @@ def test_preprocess_image_is_the_official_set_image_input(size):
     resized = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
     official = build_official_sam(config)
     with torch.no_grad():
-        expected = official.preprocess(torch.from_numpy(resized).permute(2, 0, 1).float())
+        expected = official.preprocess(torch.tensor(resized).permute(2, 0, 1).float())
     assert input_size == (h, w)
     np.testing.assert_allclose(pixels, expected.permute(1, 2, 0).numpy(), rtol=0, atol=1e-5)
 
