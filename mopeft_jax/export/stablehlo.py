@@ -15,20 +15,22 @@ All arrays are float32 unless said otherwise; S = image_size, h = w = S / patch_
 D = prompt_embed_dim (1024, 64, 256 for the official models).
 
   image encoder: (weights, images) -> embeddings
-    images      (B, S, S, 3)  RGB resized so that the longest side is S (bilinear), normalised
-                              with export.json's pixel_mean / pixel_std, zero-padded to S x S
-                              at the bottom and right; B fixed at export (1 by default).
+    images      (B, S, S, 3)  RGB resized so that the longest side is S, normalised with
+                              export.json's pixel_mean / pixel_std and zero-padded to S x S at
+                              the bottom and right (`mopeft_jax.preprocessing.preprocess_image`,
+                              the official `ResizeLongestSide` + `Sam.preprocess`); B fixed at
+                              export (1 by default).
     embeddings  (B, h, w, D)
 
   prompt decoder: (weights, image_embeddings, point_coords, point_labels, mask_input,
                    has_mask_input) -> (masks, iou_predictions)
     image_embeddings (1, h, w, D)  one image, shared by the B prompt sets
-    point_coords     (B, N, 2)     (x, y) pixels of the padded S x S input frame, i.e. of the
-                                   original image times S / max(H, W); B and N symbolic
+    point_coords     (B, N, 2)     (x, y) pixels of the resized image (the official
+                                   `ResizeLongestSide.apply_coords`); B and N symbolic
     point_labels     (B, N) int32  1 foreground, 0 background, 2 / 3 box top-left /
                                    bottom-right corner, -1 padding. Without a box, end every
                                    prompt set with a padding point (0, 0) labelled -1, as the
-                                   official predictor does (`graphs.point_prompts`).
+                                   official predictor does (`export.point_prompts`).
     mask_input       (B, 4h, 4w, 1) low-res mask logits (a previous prediction) or zeros
     has_mask_input   (B,)          1 where mask_input is used, else 0
     masks            (B, M, 4h, 4w) low-res mask logits; M = num_multimask_outputs (3) with
@@ -42,10 +44,12 @@ In a process without mopeft-jax:
     encoder = export.deserialize(bytearray(open("image_encoder.exported", "rb").read()))
     embeddings = encoder.call(dict(np.load("image_encoder.npz")), images)
 
-The encoder (and the gates of a gated mixture) is traced with the attention kernel its config
-asks for on the exporting machine; export for another platform with `platforms=("cuda",)`.
-Float32 configs are traced with float32 matmul precision, which a GPU otherwise replaces by
-TF32.
+Graphs run on the platforms they were exported for: the exporting machine's by default, or
+e.g. `platforms=("cpu", "cuda")`, which needs no GPU. `attention="auto"` picks the encoder's
+attention kernel for the exporting machine (the chunked one on a CPU, which runs anywhere but
+is not the fastest on a GPU); export with `attention="xla"` or on the target for its own.
+Float32 configs are traced with float32 matmul precision, which a GPU would otherwise lower
+to TF32.
 """
 
 from __future__ import annotations

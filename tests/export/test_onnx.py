@@ -1,6 +1,8 @@
 """The ONNX prompt decoder has the official graph's inputs and computes what our decoder and
 the official `SamOnnxModel` compute, run by onnxruntime."""
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -8,9 +10,6 @@ from export_setup import CONFIG, decode, official_sam
 from segment_anything.utils.onnx import SamOnnxModel
 
 from mopeft_jax.export import decoder_onnx, point_prompts
-
-pytest.importorskip("jax2onnx")
-ort = pytest.importorskip("onnxruntime")
 
 GRID, DIM, LOW_RES = CONFIG.embedding_size, CONFIG.prompt_embed_dim, CONFIG.low_res_mask_size
 # onnxruntime's float32 kernels (its own GEMM, erf and softmax, fused by its graph
@@ -43,6 +42,8 @@ def prompt_sets():
 
 @pytest.fixture(scope="module")
 def session():
+    pytest.importorskip("jax2onnx")
+    ort = pytest.importorskip("onnxruntime")
     _, params = official_sam()
     model = decoder_onnx(CONFIG, params)
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -92,3 +93,13 @@ def test_onnx_decoder_matches_ours_and_the_official_one(session):
         # The official graph returns every token's mask; ours the multimask ones (1, 2, 3).
         np.testing.assert_allclose(masks, official_masks[:, 1:].numpy(), rtol=0, atol=ATOL)
         np.testing.assert_allclose(iou, official_iou[:, 1:].numpy(), rtol=0, atol=ATOL)
+
+
+def test_without_jax2onnx_the_error_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "jax2onnx", None)  # makes `import jax2onnx` fail
+    with pytest.raises(
+        ImportError,
+        match=r"^ONNX export needs jax2onnx and onnx: pip install onnx==1\.23\.2 onnx-ir==1\.1\.0 "
+        r"onnxruntime==1\.32\.0 && pip install --no-deps jax2onnx==0\.17\.1$",
+    ):
+        decoder_onnx(CONFIG, {})
