@@ -1,24 +1,26 @@
-"""Converting official PyTorch SAM checkpoints to mopeft-jax (Flax) params.
+"""Converting official PyTorch SAM checkpoints to mopeft-jax (Flax) params, and back.
 
     from weights_convert import load_pytorch_checkpoint
     config, params = load_pytorch_checkpoint("sam_vit_b_01ec64.pth")
 
 or, from the shell, `python -m weights_convert sam_vit_b_01ec64.pth sam_vit_b/`, then
-`mopeft_jax.load_pretrained("sam_vit_b/")`.
+`mopeft_jax.load_pretrained("sam_vit_b/")`. The way back, for plain SAM or SAM with LoRA
+merged (`mopeft_jax.export.merge_lora`), is `to_official_state_dict(params, config)` or
+`python -m weights_convert --to-pytorch sam_vit_b/ sam_vit_b.pth`.
 """
 
 from __future__ import annotations
 
 import pathlib
-from typing import Any, Mapping, Tuple, Union
+from typing import Any, Dict, Mapping, Tuple, Union
 
 from mopeft_jax.sam.config import SamConfig
-from weights_convert.convert import convert_state_dict
+from weights_convert.convert import convert_params, convert_state_dict
 from weights_convert.errors import CheckpointError
 from weights_convert.infer import infer_config
 from weights_convert.reading import read_state_dict
 
-__all__ = ["CheckpointError", "load_pytorch_checkpoint", "detect_layout"]
+__all__ = ["CheckpointError", "load_pytorch_checkpoint", "detect_layout", "to_official_state_dict"]
 
 
 def detect_layout(state: Mapping[str, Any]) -> str:
@@ -61,3 +63,24 @@ def load_pytorch_checkpoint(
         state = to_official(state)
     config = infer_config(state, **config_overrides)
     return config, convert_state_dict(state, config)
+
+
+def to_official_state_dict(params: Any, config: SamConfig) -> Dict[str, Any]:
+    """The official `segment_anything` state dict (name -> float32 torch.Tensor) of `params`.
+
+    The inverse of `load_pytorch_checkpoint` for the official layout: the model that
+    `segment_anything`'s builders make for `config`'s sizes loads it with
+    `load_state_dict(strict=True)`, and `torch.save` of it is a checkpoint for their
+    `checkpoint=` argument.
+
+    Raises:
+      CheckpointError: PEFT layers left in `params` (merge LoRA first with
+        `mopeft_jax.export.merge_lora`), or params that do not fit SAM with `config`.
+    """
+    try:
+        import torch  # pylint: disable=g-import-not-at-top
+    except ImportError:
+        raise ImportError(
+            "to_official_state_dict needs PyTorch: pip install 'mopeft-jax[convert]'."
+        ) from None
+    return {name: torch.from_numpy(value) for name, value in convert_params(params, config).items()}

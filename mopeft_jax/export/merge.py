@@ -1,4 +1,8 @@
-"""Turning trained PEFT params into plain ones for deployment."""
+"""Turning trained PEFT params into deployable ones: merge what is linear, fold what is fixed.
+
+Every function takes and returns `(config, params)`, like `mopeft_jax.load_pretrained`, and the
+returned pair computes the same function as the given one (up to float rounding).
+"""
 
 from __future__ import annotations
 
@@ -7,17 +11,18 @@ from typing import Any, Tuple
 import flax
 import jax.numpy as jnp
 
+from mopeft_jax.peft.layers import PrefixEncoder
 from mopeft_jax.sam.config import SamConfig
 
 Params = Any
 
 
-def merge_lora(params: Params, config: SamConfig) -> Tuple[Params, SamConfig]:
+def merge_lora(config: SamConfig, params: Params) -> Tuple[SamConfig, Params]:
     """Folds ungated LoRA into the fused qkv weights.
 
     qkv(x) + (alpha / r) * B(A(x)) on the q and v slices equals a Dense whose kernel
     has (alpha / r) * A @ B added to those slices, so the LoRA layers disappear.
-    Other PEFT layers stay. Returns (params, config) with LoRA switched off; with no
+    Other PEFT layers stay. Returns (config, params) with LoRA switched off; with no
     other PEFT layer left, that is a plain SAM param tree and `peft=None`.
 
     Raises:
@@ -36,28 +41,30 @@ def merge_lora(params: Params, config: SamConfig) -> Tuple[Params, SamConfig]:
     flat = dict(flax.traverse_util.flatten_dict(params))
     for i in range(config.encoder_depth):
         block = ("image_encoder", f"blocks_{i}")
-        kernel = flat[(*block, "attn", "qkv", "kernel")]
+        kernel = jnp.asarray(flat[(*block, "attn", "qkv", "kernel")])  # numpy params too
         for offset, target in ((0, "q"), (2 * c, "v")):
             a = flat.pop((*block, f"lora_{target}", "lora_a", "kernel"))
             b = flat.pop((*block, f"lora_{target}", "lora_b", "kernel"))
             kernel = kernel.at[:, offset : offset + c].add(scale * (a @ b))
-        flat[(*block, "attn", "qkv", "kernel")] = jnp.asarray(kernel)
+        flat[(*block, "attn", "qkv", "kernel")] = kernel
     remaining = peft.replace(lora=False)
     merged_config = config.replace(peft=remaining if remaining.has_layers else None)
-    return flax.traverse_util.unflatten_dict(flat), merged_config
+    return merged_config, flax.traverse_util.unflatten_dict(flat)
 
 
-def fold_prefix(params: Params, config: SamConfig) -> Tuple[Params, SamConfig]:
+def fold_prefix(config: SamConfig, params: Params) -> Tuple[SamConfig, Params]:
     """Replaces the reparameterised prefix (embedding + MLP) by the flat prefixes it makes.
 
     Training needs the MLP; inference only its output (depth, 2, L, C), so the folded
-    model computes the same function with fewer parameters.
+    model computes the same function with fewer parameters. Prefix gates act on that
+    output, so a gated prefix folds too.
+
+    Raises:
+      ValueError: the config has no reparameterised prefix.
     """
     peft = config.peft
     if peft is None or not peft.prefix or not peft.prefix_reparam:
         raise ValueError("The config has no reparameterised prefix to fold.")
-    from mopeft_jax.peft.layers import PrefixEncoder  # pylint: disable=g-import-not-at-top
-
     encoder = PrefixEncoder(
         config.encoder_depth,
         peft.prefix_length,
@@ -67,6 +74,23 @@ def fold_prefix(params: Params, config: SamConfig) -> Tuple[Params, SamConfig]:
     )
     prefixes = encoder.apply({"params": params["image_encoder"]["prefix"]})
     image_encoder = dict(params["image_encoder"], prefix={"prefix": prefixes})
-    return dict(params, image_encoder=image_encoder), config.replace(
-        peft=peft.replace(prefix_reparam=False)
-    )
+    folded_config = config.replace(peft=peft.replace(prefix_reparam=False))
+    return folded_config, dict(params, image_encoder=image_encoder)
+
+
+def prepare_for_export(config: SamConfig, params: Params) -> Tuple[SamConfig, Params]:
+    """The leanest (config, params) that computes what `Sam(config)` with `params` computes.
+
+    Ungated LoRA is merged into qkv (`merge_lora`) and a reparameterised prefix, gated or not,
+    is folded into flat prefixes (`fold_prefix`). Everything else stays as it is: a gated
+    mixture keeps its gates, its LoRA and its adapters, whose effect depends on the input, and
+    ungated adapters and the input expert keep their nonlinear layers. Plain SAM params come
+    back unchanged.
+    """
+    peft = config.peft
+    if peft is not None and peft.lora and not peft.gated:
+        config, params = merge_lora(config, params)
+    peft = config.peft
+    if peft is not None and peft.prefix and peft.prefix_reparam:
+        config, params = fold_prefix(config, params)
+    return config, params
