@@ -12,6 +12,7 @@ import flax
 import jax.numpy as jnp
 
 from mopeft_jax.peft.layers import PrefixEncoder
+from mopeft_jax.peft.names import LORA_TARGETS, PREFIX, lora_name
 from mopeft_jax.sam.config import SamConfig
 
 Params = Any
@@ -42,9 +43,11 @@ def merge_lora(config: SamConfig, params: Params) -> Tuple[SamConfig, Params]:
     for i in range(config.encoder_depth):
         block = ("image_encoder", f"blocks_{i}")
         kernel = jnp.asarray(flat[(*block, "attn", "qkv", "kernel")])  # numpy params too
-        for offset, target in ((0, "q"), (2 * c, "v")):
-            a = flat.pop((*block, f"lora_{target}", "lora_a", "kernel"))
-            b = flat.pop((*block, f"lora_{target}", "lora_b", "kernel"))
+        # The fused qkv kernel's columns are [q | k | v], C each.
+        for target in LORA_TARGETS:
+            offset = "qkv".index(target) * c
+            a = flat.pop((*block, lora_name(target), "lora_a", "kernel"))
+            b = flat.pop((*block, lora_name(target), "lora_b", "kernel"))
             kernel = kernel.at[:, offset : offset + c].add(scale * (a @ b))
         flat[(*block, "attn", "qkv", "kernel")] = kernel
     remaining = peft.replace(lora=False)
@@ -72,8 +75,8 @@ def fold_prefix(config: SamConfig, params: Params) -> Tuple[SamConfig, Params]:
         reparam=True,
         hidden=peft.prefix_hidden,
     )
-    prefixes = encoder.apply({"params": params["image_encoder"]["prefix"]})
-    image_encoder = dict(params["image_encoder"], prefix={"prefix": prefixes})
+    prefixes = encoder.apply({"params": params["image_encoder"][PREFIX]})
+    image_encoder = dict(params["image_encoder"], **{PREFIX: {"prefix": prefixes}})
     folded_config = config.replace(peft=peft.replace(prefix_reparam=False))
     return folded_config, dict(params, image_encoder=image_encoder)
 
