@@ -95,7 +95,8 @@ def assert_same_params(a, b):
 def reference(base, cache, tmp_path_factory):
     """An uninterrupted run, from another directory: the folder is a model."""
     workdir = tmp_path_factory.mktemp("runs") / "reference"
-    status, out, err = train(workdir, base, cache, cwd=tmp_path_factory.mktemp("elsewhere"))
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    status, out, err = train(workdir, base, cache, "--config.train.tensorboard=True", cwd=elsewhere)
     assert status == 0, err
     assert f"The model: {workdir}" in out
     assert sorted(p.name for p in workdir.iterdir()) == [
@@ -103,7 +104,10 @@ def reference(base, cache, tmp_path_factory):
         "metrics.jsonl",
         "model",
         "run.json",
+        "tensorboard",
     ]
+    (events,) = (workdir / "tensorboard").glob("events.out.tfevents.*")
+    assert b"loss" in events.read_bytes() and b"gate/" in events.read_bytes()
     config, _ = load_pretrained(workdir)
     assert config.peft is not None and config.peft.gated  # MoPEFT's layers and gates
     assert json.loads((workdir / "model" / "metadata.json").read_text())["step"] == STEPS
