@@ -60,11 +60,11 @@ def converted(config, seed: int = 0):
     return reference, ours, params
 
 
-def random_image(height: int, width: int, seed: int = 0) -> np.ndarray:
-    """A uint8 RGB image of smooth blobs over noise, so that masks have structure."""
+def random_image(height: int, width: int, seed: int = 0, noise: int = 60) -> np.ndarray:
+    """A uint8 RGB image of uniform discs over uniform noise in [0, noise)."""
     rng = np.random.RandomState(seed)
     y, x = np.mgrid[:height, :width]
-    image = rng.randint(0, 60, (height, width, 3)).astype(np.float64)
+    image = rng.randint(0, noise, (height, width, 3)).astype(np.float64)
     for _ in range(6):
         cy, cx = rng.rand(2) * (height, width)
         radius = rng.uniform(0.1, 0.35) * min(height, width)
