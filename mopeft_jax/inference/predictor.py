@@ -185,7 +185,7 @@ class SamPredictor:
         Args:
           point_coords: ``(N, 2)`` points ``(x, y)`` in pixels of the original image.
           point_labels: ``(N,)``: 1 foreground, 0 background (-1: a point to ignore).
-          box: ``(4,)`` box ``x0, y0, x1, y1`` in pixels of the original image.
+          box: ``(4,)`` (or ``(1, 4)``) box ``x0, y0, x1, y1`` in pixels of the original image.
           mask_input: ``(1, 4h, 4w)`` low-res logits, e.g. ``low_res_logits[best][None]`` of a
             previous call.
           multimask_output: the M = 3 ambiguity-aware masks if True, else one mask (M = 1).
@@ -329,8 +329,8 @@ def _check_prompts(coords, labels, boxes, masks, low_res_size: int, batched: boo
         n_labels: (labels, f"({b}N) labels", lambda s: len(s) == 1 + batched),
         n_boxes: (
             boxes,
-            f"({b}4) as x0, y0, x1, y1",
-            lambda s: len(s) == 1 + batched and s[-1] == 4,
+            "(B, 4) as x0, y0, x1, y1" if batched else "(4) or (1, 4) as x0, y0, x1, y1",
+            lambda s: s[-1:] == (4,) and (len(s) == 2 if batched else s in ((4,), (1, 4))),
         ),
         n_masks: (
             masks,
@@ -348,7 +348,9 @@ def _check_prompts(coords, labels, boxes, masks, low_res_size: int, batched: boo
             raise ValueError(f"{name} must be {what}; got shape {x.shape}.")
         if not np.issubdtype(x.dtype, np.number) or not np.all(np.isfinite(x)):
             raise ValueError(f"{name} must be finite numbers; got {_first_bad(x)}.")
-        arrays.append(x if batched else x[None])
+        if not batched:  # one prompt set; a box may come as (1, 4), as the official allows
+            x = x.reshape(1, 4) if name == n_boxes else x[None]
+        arrays.append(x)
     coords, labels, boxes, masks = arrays
     sizes = {}
     lead = 0 if batched else 1  # the batch axis added to the caller's arrays
@@ -386,4 +388,5 @@ def _first_bad(x: np.ndarray) -> str:
     """The first value of `x` that is not a finite number, for an error message."""
     if not np.issubdtype(x.dtype, np.number):
         return f"dtype {x.dtype}"
-    return f"{x.ravel()[~np.isfinite(x.ravel())][0]} at index {np.argwhere(~np.isfinite(x))[0].tolist()}"
+    index = np.argwhere(~np.isfinite(x))[0]
+    return f"{x[tuple(index)]} at index {index.tolist()}"

@@ -48,6 +48,7 @@ def random_logits(shape, seed=0):
     return ((radius - dist) / 4).astype(np.float32)
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered in divide")
 @pytest.mark.parametrize("offset", [1.0, 0.25])
 def test_stability_score_numpy_and_jitted(offset):
     logits = random_logits((4, 3, 50, 70))

@@ -173,6 +173,8 @@ def test_bgr_and_reset(predictors):
     ours.set_image(image[..., ::-1], image_format="BGR")
     for a, b in zip(ours.predict(box=[10, 10, 50, 40]), expected):
         np.testing.assert_array_equal(a, b)
+    for a, b in zip(ours.predict(box=[[10, 10, 50, 40]]), expected):  # (1, 4), as the official
+        np.testing.assert_array_equal(a, b)
     ours.reset_image()
     assert not ours.is_image_set and ours.original_size is None and ours.input_size is None
 
@@ -188,6 +190,10 @@ BAD_PROMPTS = [
     ),
     (dict(point_coords=[[1.0, 2.0]]), "point_coords and point_labels must be given together"),
     (dict(point_labels=[1]), "point_coords and point_labels must be given together"),
+    (
+        dict(box=[[1, 2, 3, 4], [5, 6, 7, 8]]),
+        r"box must be \(4\) or \(1, 4\) as x0, y0, x1, y1; got shape \(2, 4\)",
+    ),
     (
         dict(point_coords=[[1.0, 2.0], [3, 4]], point_labels=[1]),
         r"one label per point: point_coords has shape \(2, 2\), point_labels \(1,\)",
@@ -257,12 +263,10 @@ def test_a_peft_model_runs_its_peft_layers(model):
     predictor.set_image(image)
     logits, scores, low_res = predictor.predict(box=box, return_logits=True)
 
-    sam = Sam(peft_config)
     pixels, input_size = preprocess_image(image, peft_config.image_size)
-    variables = {"params": peft_params}
-    embedding = sam.apply(variables, pixels[None], method=Sam.encode_image)
-    expected_low_res, expected_scores = sam.apply(
-        variables, embedding, boxes=apply_boxes(box[None], (150, 200), 128), method=Sam.decode
+    boxes = apply_boxes(box[None], (150, 200), 128)
+    expected_low_res, expected_scores = jax.jit(Sam(peft_config).apply)(
+        {"params": peft_params}, pixels[None], boxes=boxes
     )
     expected = postprocess_masks(expected_low_res, input_size, (150, 200), 128)
     np.testing.assert_allclose(low_res, expected_low_res[0], rtol=0, atol=1e-5)
