@@ -1,7 +1,9 @@
-"""The official `segment_anything` predictor and mask generator as references, without torchvision.
+"""The references of the inference tests: the official `segment_anything` predictor and mask
+generator without torchvision, converted random models, images, and a fine-tuned (PEFT) model.
 
 torchvision does not import here (`weights_convert.official` registers stand-ins that raise), so
-`patch_torchvision` (used by tests/inference/conftest.py) swaps the four torchvision functions segment_anything calls for equivalents:
+`patch_torchvision` (applied by tests/inference/conftest.py) swaps the four torchvision functions
+that segment_anything calls for equivalents:
   * `resize` of a PIL image to ``(h, w)`` is ``PIL.Image.resize((w, h), BILINEAR)`` and
     `to_pil_image` of an HWC uint8 array is ``Image.fromarray`` (torchvision's own code paths);
   * `batched_nms` and `box_area` are the plain-torch versions below (torchvision's semantics).
@@ -9,12 +11,16 @@ torchvision does not import here (`weights_convert.official` registers stand-ins
 
 import functools
 
+import flax
+import jax
 import numpy as np
 import torch
 from PIL import Image
 from segment_anything import automatic_mask_generator as official_amg
 from segment_anything.utils import transforms as official_transforms
 
+from mopeft_jax import Sam
+from mopeft_jax.peft import preset
 from weights_convert import load_pytorch_checkpoint
 from weights_convert.official import build_official_sam
 
@@ -70,6 +76,18 @@ def random_image(height: int, width: int, seed: int = 0, noise: int = 60) -> np.
         radius = rng.uniform(0.1, 0.35) * min(height, width)
         image[(y - cy) ** 2 + (x - cx) ** 2 < radius**2] += rng.randint(60, 190, 3)
     return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def randomized_peft_params(config, params):
+    """SAM's params with MoPEFT layers whose own leaves are random, so that they matter."""
+    peft_config = config.replace(peft=preset("mopeft"))
+    full = Sam(peft_config).init_params(jax.random.key(3), pretrained=params)
+    flat = flax.traverse_util.flatten_dict(full)
+    plain = flax.traverse_util.flatten_dict(params)
+    rng = np.random.RandomState(4)
+    for path in set(flat) - set(plain):
+        flat[path] = flat[path] + rng.randn(*flat[path].shape).astype(np.float32) * 0.5
+    return peft_config, flax.traverse_util.unflatten_dict(flat)
 
 
 def patch_torchvision(patch) -> None:

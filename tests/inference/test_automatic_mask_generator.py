@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from official_reference import converted, random_image
+from official_reference import converted, random_image, randomized_peft_params
 from sam_configs import SMALL_CONFIGS
 from segment_anything import SamAutomaticMaskGenerator
 from segment_anything import automatic_mask_generator as official_amg
@@ -194,16 +194,25 @@ def test_rle_output_modes(disk_models, mode):
             np.testing.assert_array_equal(amg.rle_to_mask(rle), mask["segmentation"])
 
 
-def test_from_pretrained_folder(tmp_path):
-    reference, config, params = converted(CONFIG)
-    save_pretrained(tmp_path / "sam", config, params)
+def test_a_fine_tuned_model_from_its_folder(tmp_path):
+    """A MoPEFT model saved with save_pretrained: its own masks, not the base model's."""
+    _, config, params = converted(CONFIG)
+    peft_config, peft_params = randomized_peft_params(config, params)
+    save_pretrained(tmp_path / "run", peft_config, peft_params)
     options = dict(points_per_side=4, points_per_batch=16, pred_iou_thresh=0.0)
     options.update(stability_score_thresh=0.0, box_nms_thresh=0.99)
     image = random_image(60, 80)
-    loaded = AutomaticMaskGenerator.from_pretrained(tmp_path / "sam", **options).generate(image)
-    direct = AutomaticMaskGenerator(config, params, **options).generate(image)
-    assert len(loaded) == len(direct) > 0
-    assert_same_records(loaded, direct)
+    loaded = AutomaticMaskGenerator.from_pretrained(tmp_path / "run", **options)
+    assert loaded.predictor.config == peft_config
+    records = loaded.generate(image)
+    direct = AutomaticMaskGenerator(peft_config, peft_params, **options).generate(image)
+    assert len(records) > 0
+    assert_same_records(records, direct)
+    base = AutomaticMaskGenerator(config, params, **options).generate(image)
+    scores = lambda records: sorted(r["predicted_iou"] for r in records)
+    assert (
+        len(base) != len(records) or np.abs(np.subtract(scores(base), scores(records))).max() > 0.01
+    )
 
 
 @pytest.mark.parametrize(

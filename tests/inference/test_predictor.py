@@ -1,17 +1,15 @@
 """SamPredictor gives the official SamPredictor's masks, scores and low-res logits."""
 
-import flax
 import jax
 import numpy as np
 import pytest
 import torch
-from official_reference import converted, random_image
+from official_reference import converted, random_image, randomized_peft_params
 from sam_configs import SMALL_CONFIGS
 from segment_anything import SamPredictor as OfficialPredictor
 
 from mopeft_jax import Sam, SamConfig, SamPredictor, save_pretrained
 from mopeft_jax.inference import predictor as predictor_module
-from mopeft_jax.peft import preset
 from mopeft_jax.preprocessing import apply_boxes, apply_coords, preprocess_image
 from mopeft_jax.sam.transforms import postprocess_masks
 from weights_convert.official import relative_error
@@ -240,18 +238,6 @@ def test_bad_batched_prompts_and_images(predictors):
         ours.predict(box=[1, 2, 3, 4])
     with pytest.raises(ValueError, match="No image is set"):
         ours.get_image_embedding()
-
-
-def randomized_peft_params(config, params):
-    """SAM's params with MoPEFT layers whose own leaves are random, so that they matter."""
-    peft_config = config.replace(peft=preset("mopeft"))
-    full = Sam(peft_config).init_params(jax.random.key(3), pretrained=params)
-    flat = flax.traverse_util.flatten_dict(full)
-    plain = flax.traverse_util.flatten_dict(params)
-    rng = np.random.RandomState(4)
-    for path in set(flat) - set(plain):
-        flat[path] = flat[path] + rng.randn(*flat[path].shape).astype(np.float32) * 0.5
-    return peft_config, flax.traverse_util.unflatten_dict(flat)
 
 
 def test_a_peft_model_runs_its_peft_layers(model):
