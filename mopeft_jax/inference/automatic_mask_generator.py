@@ -23,7 +23,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import jax
 import numpy as np
 
-from mopeft_jax.checkpoint import load_pretrained
 from mopeft_jax.inference.masks import (
     box_area,
     box_xyxy_to_xywh,
@@ -175,6 +174,9 @@ class AutomaticMaskGenerator:
     @classmethod
     def from_pretrained(cls, path, **options) -> "AutomaticMaskGenerator":
         """A generator for the model `mopeft_jax.load_pretrained(path)` reads."""
+        # mopeft_jax imports this module; its load_pretrained is looked up when first needed.
+        from mopeft_jax import load_pretrained  # pylint: disable=g-import-not-at-top
+
         config, params = load_pretrained(path)
         return cls(config, params, **options)
 

@@ -20,7 +20,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mopeft_jax.checkpoint import load_pretrained
 from mopeft_jax.preprocessing import apply_boxes, apply_coords, preprocess_image, to_rgb
 from mopeft_jax.sam.config import SamConfig
 from mopeft_jax.sam.model import Sam
@@ -134,6 +133,9 @@ class SamPredictor:
     @classmethod
     def from_pretrained(cls, path, **kwargs) -> "SamPredictor":
         """A predictor for the model `mopeft_jax.load_pretrained(path)` reads."""
+        # mopeft_jax imports this module; its load_pretrained is looked up when first needed.
+        from mopeft_jax import load_pretrained  # pylint: disable=g-import-not-at-top
+
         config, params = load_pretrained(path)
         return cls(config, params, **kwargs)
 
