@@ -2,6 +2,7 @@
 
     python -m experiments.benchmark            # ViT-B, 1024x1024, appends to BENCHMARKS.md
     python -m experiments.benchmark --quick    # a tiny model, nothing written (smoke test)
+    python -m experiments.benchmark --only amg --amg-points-per-side 8   # the mask generator alone
 
 Measures, with the same (random) weights in both frameworks:
   * the image encoder on one image (batch 1, float32), runs of the two interleaved;
@@ -9,6 +10,8 @@ Measures, with the same (random) weights in both frameworks:
   * the prompt encoder + mask decoder for 100 box prompts against one image embedding;
   * the encoder's FLOPs (XLA cost analysis, see `xla_flops`) and the achieved FLOP/s,
     against a float32 matmul peak measured on the same machine;
+  * the automatic mask generator on one synthetic uint8 image, against the official
+    `SamAutomaticMaskGenerator` with the same options (`amg_benchmark`);
   * one train step of MoPEFT and of full fine-tuning, each against the forward of the
     same loss, with peak memory, trainable parameters and optimizer-state bytes, and the
     ratio of their FLOPs, the arithmetic floor of the time ratio.
@@ -185,6 +188,65 @@ def benchmark(config: SamConfig, repeats: int, num_prompts: int):
     return rows, efficiency, (config, params)
 
 
+def amg_benchmark(config: SamConfig, points_per_side: int, repeats: int) -> Row:
+    """`AutomaticMaskGenerator.generate` on one S x S image against the official generator.
+
+    The same random weights both sides (the official model's, converted), the official's default
+    options but `points_per_side`; runs interleaved, the JAX compile (first call) reported apart. Where torchvision is missing, the official's four torchvision
+    calls get stand-ins: PIL's resize (what torchvision runs on a PIL image) and our NMS, which
+    tests/inference checks against torchvision's semantics; both are a negligible part of a run.
+    """
+    torch, reference_lib = _import_official()
+    from segment_anything import (  # pylint: disable=g-import-not-at-top
+        SamAutomaticMaskGenerator,
+        automatic_mask_generator,
+    )
+    from segment_anything.utils import transforms  # pylint: disable=g-import-not-at-top
+
+    from mopeft_jax import AutomaticMaskGenerator  # pylint: disable=g-import-not-at-top
+    from mopeft_jax.inference import masks  # pylint: disable=g-import-not-at-top
+    from weights_convert import load_pytorch_checkpoint  # pylint: disable=g-import-not-at-top
+
+    if getattr(sys.modules.get("torchvision"), "__file__", None) is None:  # the stand-in
+        from PIL import Image  # pylint: disable=g-import-not-at-top
+
+        transforms.to_pil_image = Image.fromarray
+        transforms.resize = lambda image, size: image.resize(size[::-1], Image.BILINEAR)
+        automatic_mask_generator.box_area = lambda b: torch.from_numpy(masks.box_area(b.numpy()))
+        automatic_mask_generator.batched_nms = lambda boxes, scores, _, iou_threshold: (
+            torch.from_numpy(masks.nms(boxes.numpy(), scores.numpy(), iou_threshold))
+        )
+    reference = reference_lib.build_official_sam(config)
+    config, params = load_pytorch_checkpoint(
+        reference.state_dict(), decoder_num_heads=config.decoder_num_heads
+    )
+    size = config.image_size
+    rng = np.random.RandomState(0)
+    y, x = np.mgrid[:size, :size]
+    image = rng.randint(0, 60, (size, size, 3))
+    for _ in range(12):  # discs of colour over noise
+        cy, cx, radius = rng.rand(3) * (size, size, size / 4)
+        image[(y - cy) ** 2 + (x - cx) ** 2 < radius**2] += rng.randint(60, 190, 3)
+    image = np.clip(image, 0, 255).astype(np.uint8)
+
+    ours = AutomaticMaskGenerator(config, params, points_per_side=points_per_side)
+    official = SamAutomaticMaskGenerator(reference, points_per_side=points_per_side)
+    start = time.perf_counter()
+    counts = [len(ours.generate(image))]
+    first_s = time.perf_counter() - start
+    counts.append(len(official.generate(image)))
+    jax_s, torch_s = interleaved_timings(
+        [lambda: ours.generate(image), lambda: official.generate(image)], repeats
+    )
+    return Row(
+        f"automatic masks, {points_per_side}x{points_per_side} points, 1 image {size}x{size}",
+        jax_s,
+        torch_s,
+        f"JAX first call {first_s:.1f} s (compiles); masks {counts[0]} (JAX), "
+        f"{counts[1]} (PyTorch); official default thresholds, random weights",
+    )
+
+
 @dataclasses.dataclass
 class TrainRow:
     method: str
@@ -334,6 +396,18 @@ def format_report(title: str, machine: str, rows: List[Row], efficiency: dict) -
     return "\n".join(lines)
 
 
+def format_amg_report(title: str, machine: str, row: Row) -> str:
+    """The mask generator's row alone (`--only amg`), in the table of `format_report`."""
+    return (
+        f"## {title}: automatic mask generator\n\n"
+        f"{datetime.date.today().isoformat()}; {machine}; torch {_torch_version()}, "
+        f"{_torch_threads()} threads; float32; median of interleaved runs.\n\n"
+        "| what | mopeft-jax (s) | PyTorch (s) | JAX / PyTorch | note |\n"
+        "| --- | ---: | ---: | ---: | --- |\n"
+        f"| {row.what} | {row.jax_s:.3f} | {row.torch_s:.3f} | {row.ratio:.2f}x | {row.note} |\n"
+    )
+
+
 def _torch_version() -> str:
     import torch  # pylint: disable=g-import-not-at-top
 
@@ -355,6 +429,12 @@ def main(argv=None) -> int:
     parser.add_argument("--prompts", type=int, default=100, help="box prompts for the decoder")
     parser.add_argument("--no-train", action="store_true", help="skip the train-step timings")
     parser.add_argument(
+        "--only", choices=["amg"], help="run one benchmark alone: amg, the automatic mask generator"
+    )
+    parser.add_argument(
+        "--amg-points-per-side", type=int, default=32, help="point grid of the mask generator"
+    )
+    parser.add_argument(
         "--output",
         default=str(REPO / "BENCHMARKS.md"),
         help="markdown file the table is appended to ('' to skip)",
@@ -375,9 +455,14 @@ def main(argv=None) -> int:
     else:
         config = SamConfig.vit_b()
         title = "SAM ViT-B, 1024x1024, CPU inference"
-    rows, efficiency, (config, params) = benchmark(config, args.repeats, args.prompts)
-    report = format_report(title, machine_description(retained), rows, efficiency)
-    if not args.no_train:
+    amg = amg_benchmark(config, args.amg_points_per_side, args.repeats)
+    if args.only == "amg":
+        report = format_amg_report(title, machine_description(retained), amg)
+    else:
+        rows, efficiency, (config, params) = benchmark(config, args.repeats, args.prompts)
+        rows.append(amg)
+        report = format_report(title, machine_description(retained), rows, efficiency)
+    if not args.no_train and args.only is None:
         report += "\n" + format_train_report(train_benchmark(config, params, args.repeats), 4)
     print(report)
     if args.output and not args.quick:

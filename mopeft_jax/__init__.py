@@ -7,7 +7,9 @@ The names below load on first use, so that `import mopeft_jax.data` (numpy and g
 import importlib
 
 _EXPORTS = {
+    "AutomaticMaskGenerator": "mopeft_jax.inference.automatic_mask_generator",
     "Sam": "mopeft_jax.sam.model",
+    "SamPredictor": "mopeft_jax.inference.predictor",
     "SamConfig": "mopeft_jax.sam.config",
     "PeftConfig": "mopeft_jax.peft.config",
     "load_pretrained": "mopeft_jax.pretrained",
