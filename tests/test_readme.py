@@ -90,6 +90,7 @@ def test_the_researcher_loop_runs_as_written(workspace):
         ["python", "-c", '"from'],
         ["python", "-m", "experiments.train"],
         ["python", "-m", "experiments.evaluate"],
+        ["python", "-m", "experiments.segment"],
     ]
     for command in found:
         argv = shlex.split(command)
@@ -101,6 +102,7 @@ def test_the_researcher_loop_runs_as_written(workspace):
             assert "| folder:my_data | Folder | 2 |" in out
     assert (root / "checkpoints" / "sam_vit_b" / "config.json").is_file()
     assert (root / "runs" / "my_data" / "model" / "metadata.json").is_file()
+    assert (root / "outputs" / "segment" / "overlay.png").is_file()
 
 
 def test_every_python_block_runs(workspace):
@@ -111,3 +113,5 @@ def test_every_python_block_runs(workspace):
     out = run([sys.executable, "-c", program], root, env)
     losses = [float(v) for v in out.split() if re.fullmatch(r"-?\d+\.\d+(e-?\d+)?", v)]
     assert len(losses) == 3 and all(np.isfinite(losses))
+    assert "automatic masks" in out
+    assert (root / "sam_export" / "export.json").is_file() and (root / "sam_decoder.onnx").is_file()

@@ -2,6 +2,7 @@
 prompts, and an automatic mask generator, with the official `segment_anything` semantics."""
 
 from mopeft_jax.inference.automatic_mask_generator import AutomaticMaskGenerator
+from mopeft_jax.inference.masks import overlay_masks
 from mopeft_jax.inference.predictor import SamPredictor
 
-__all__ = ["AutomaticMaskGenerator", "SamPredictor"]
+__all__ = ["AutomaticMaskGenerator", "SamPredictor", "overlay_masks"]

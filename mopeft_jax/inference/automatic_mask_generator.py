@@ -172,12 +172,13 @@ class AutomaticMaskGenerator:
         self.output_mode = output_mode
 
     @classmethod
-    def from_pretrained(cls, path, **options) -> "AutomaticMaskGenerator":
-        """A generator for the model `mopeft_jax.load_pretrained(path)` reads."""
+    def from_pretrained(cls, path, step=None, **options) -> "AutomaticMaskGenerator":
+        """A generator for the model `mopeft_jax.load_pretrained(path, step)` reads: a converted
+        SAM, a training run's folder (SAM and its trained PEFT layers and gates), or a step."""
         # mopeft_jax imports this module; its load_pretrained is looked up when first needed.
         from mopeft_jax import load_pretrained  # pylint: disable=g-import-not-at-top
 
-        config, params = load_pretrained(path)
+        config, params = load_pretrained(path, step=step)
         return cls(config, params, **options)
 
     def generate(self, image) -> List[Dict[str, Any]]:

@@ -131,12 +131,13 @@ class SamPredictor:
         self.reset_image()
 
     @classmethod
-    def from_pretrained(cls, path, **kwargs) -> "SamPredictor":
-        """A predictor for the model `mopeft_jax.load_pretrained(path)` reads."""
+    def from_pretrained(cls, path, step=None, **kwargs) -> "SamPredictor":
+        """A predictor for the model `mopeft_jax.load_pretrained(path, step)` reads: a converted
+        SAM, a training run's folder (SAM and its trained PEFT layers and gates), or a step."""
         # mopeft_jax imports this module; its load_pretrained is looked up when first needed.
         from mopeft_jax import load_pretrained  # pylint: disable=g-import-not-at-top
 
-        config, params = load_pretrained(path)
+        config, params = load_pretrained(path, step=step)
         return cls(config, params, **kwargs)
 
     def reset_image(self) -> None:
