@@ -45,6 +45,7 @@ def loop_commands() -> list:
         "python -c",
         "python -m experiments.train",
         "python -m experiments.evaluate",
+        "python -m experiments.segment",
     )
     return [c for b in blocks("bash") for c in commands(b) if c.startswith(wanted)]
 
