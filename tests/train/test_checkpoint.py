@@ -114,8 +114,10 @@ def test_only_trainable_state_is_written(tmp_path):
         ckpt.save(1, state, data_state={"next_index": 2}, metadata={"note": "x"})
     step_dir = tmp_path / "ckpt" / "1"
     on_disk = directory_bytes(step_dir)
-    # The trainable state plus a few KiB of orbax metadata, nowhere near the frozen weights.
-    assert on_disk < state_bytes + 256 * 1024, (on_disk, state_bytes)
+    # The trainable state plus orbax's metadata and OCDBT packing, nowhere near the frozen
+    # weights. The packing varies from run to run: 0.73-0.88 MB on disk for this 0.54 MB state
+    # in ten runs (up to 336 KiB over it), so the margin is 512 KiB, a tenth of the frozen bytes.
+    assert on_disk < state_bytes + 512 * 1024, (on_disk, state_bytes)
     assert on_disk < frozen_bytes / 5, (on_disk, frozen_bytes)
 
     saved = ocp.StandardCheckpointer().metadata(step_dir / "state").item_metadata.tree
