@@ -36,10 +36,16 @@ Typical resume:
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
+import gc
 import logging
 import os
+import re
 import shutil
+import sys
+import tempfile
+import time
 from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 import jax
@@ -272,23 +278,14 @@ class TrainCheckpointer:
             )
         candidates = [step] if step is not None else steps[::-1]
         problems = []
-        for candidate in candidates:
-            try:
-                if STATE not in self._saved_items(candidate):
-                    raise UnreadableCheckpoint(f"it has no {STATE}/ item")
-                return read(candidate)
-            except Exception as error:  # pylint: disable=broad-except
-                # Orbax raises anything from KeyError to tensorstore's ValueError for a damaged
-                # step; any of them means "not this step".
-                cause = " ".join(str(error).split())[:300] or type(error).__name__
-                problems.append(f"step {candidate}: {cause}")
-                if step is None:
-                    log.warning(
-                        "Checkpoint step %d in %s is unreadable (%s); trying an older one.",
-                        candidate,
-                        self.directory,
-                        cause,
-                    )
+        with _without_closed_loop_noise(lambda: bool(problems)):
+            for candidate in candidates:
+                try:
+                    if STATE not in self._saved_items(candidate):
+                        raise UnreadableCheckpoint(f"it has no {STATE}/ item")
+                    return read(candidate)
+                except Exception as error:  # pylint: disable=broad-except
+                    problems.append(_unreadable(self.directory, candidate, error, step is None))
         raise UnreadableCheckpoint(
             f"No readable checkpoint in {self.directory}: " + "; ".join(problems)
         )
@@ -313,3 +310,77 @@ class TrainCheckpointer:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+def _unreadable(directory: str, step: int, error: Exception, falling_back: bool) -> str:
+    """'step N: cause' for a step that failed to restore, warned about if an older one is next."""
+    # Orbax raises anything from KeyError to tensorstore's ValueError for a damaged step; any
+    # of them means "not this step".
+    cause = " ".join(str(error).split())[:300] or type(error).__name__
+    if falling_back:
+        log.warning(
+            "Checkpoint step %d in %s is unreadable (%s); trying an older one.",
+            step,
+            directory,
+            cause,
+        )
+    return f"step {step}: {cause}"
+
+
+# What tensorstore prints when the reads still in flight at a failed orbax restore complete
+# after orbax has closed its event loop: one traceback per read, interleaved across threads
+# mid-line ("Event loop is closed", 655 lines for one truncated step of the tiny SAM's state).
+_CLOSED_LOOP_NOISE = re.compile(
+    r"Traceback \(most recent call last\):"
+    r'|File "[^"]*asyncio[^"]*", line \d+, in \w+'
+    r"|self\._check_closed\(\)"
+    r"|raise RuntimeError\('Event loop is closed'\)"
+    r"|RuntimeError"
+    r"|Event loop is closed"
+)
+
+
+class _DropFailedReads(logging.Filter):
+    """Drops asyncio's "Task exception was never retrieved" for the failed restore's reads."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Task exception was never retrieved")
+
+
+@contextlib.contextmanager
+def _without_closed_loop_noise(
+    failed: Callable[[], bool], quiet_seconds: float = 1.0, max_wait_seconds: float = 10.0
+):
+    """Holds back what is written to the process's stderr (file descriptor 2, where
+    tensorstore's threads print) until the end of the block, then writes it back without
+    the closed-loop tracebacks of a failed restore's abandoned reads. If `failed()` says a
+    restore failed in the block, it first waits for `quiet_seconds` without output, for the
+    reads that were still in flight.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    asyncio_log = logging.getLogger("asyncio")
+    drop = _DropFailedReads()
+    asyncio_log.addFilter(drop)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            # The abandoned reads finish within milliseconds, later on a starved CPU.
+            deadline = time.monotonic() + max_wait_seconds
+            size = -1 if failed() else os.fstat(held.fileno()).st_size
+            while size != os.fstat(held.fileno()).st_size and time.monotonic() < deadline:
+                size = os.fstat(held.fileno()).st_size
+                time.sleep(quiet_seconds)
+            gc.collect()  # asyncio logs its never-retrieved task errors at collection
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            asyncio_log.removeFilter(drop)
+            held.seek(0)
+            lines = held.read().decode(errors="replace").splitlines()
+            kept = [line for line in lines if _CLOSED_LOOP_NOISE.sub("", line).strip(" \t:")]
+            if kept:
+                sys.stderr.write("\n".join(kept) + "\n")
+                sys.stderr.flush()
