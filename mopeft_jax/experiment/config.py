@@ -84,7 +84,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.train.seed = 0
     config.train.log_every = 10
     config.train.checkpoint_every = 50  # 0: at the end only
-    # Also export the model folder (WORKDIR/model) every this many steps; 0: at the end only.
+    # Export the whole model as WORKDIR/model (a pretrained folder) at the end, and every
+    # export_every steps (0: at the end only). Without it the run folder is still a model
+    # (load_pretrained reads its checkpoint); the export costs about 2 s of orbax per write.
+    config.train.export = True
     config.train.export_every = 0
     config.train.tensorboard = False  # also write WORKDIR/tensorboard (extra: tensorboard)
 

@@ -6,8 +6,8 @@
 
 The run folder (`mopeft_jax.pretrained` documents its layout) holds run.json (the config and how
 to rebuild the model), metrics.jsonl, checkpoints/<step>/ (trainable params, optimizer and
-the position in the data stream) and, at the end and every `train.export_every` steps, model/ (a pretrained
-folder of the whole model).
+the position in the data stream) and, unless `train.export` is off, model/ (a pretrained folder
+of the whole model, written at the end and every `train.export_every` steps).
 
 Failures a researcher meets, and what a rerun of the same command does:
 - killed at any point: resumes bit-identically from the latest checkpoint;
@@ -302,7 +302,8 @@ def train(config: ml_collections.ConfigDict, workdir, *, progress: bool = True) 
             if (every and done % every == 0) or done == config.train.steps:
                 checkpointer.save(done, state, data_state={_BATCHES: batches})
             export_every = config.train.export_every
-            if done == config.train.steps or (export_every and done % export_every == 0):
+            due = done == config.train.steps or (export_every and done % export_every == 0)
+            if config.train.export and due:
                 _export(workdir, run, state, frozen, done)
         checkpointer.wait()
     if writer is not None:
