@@ -3,6 +3,7 @@
     python -m experiments.benchmark            # ViT-B, 1024x1024, appends to BENCHMARKS.md
     python -m experiments.benchmark --quick    # a tiny model, nothing written (smoke test)
     python -m experiments.benchmark --only amg --amg-points-per-side 8   # the mask generator alone
+    python -m experiments.benchmark --only pipeline   # the input pipeline's images/s
 
 Measures, with the same (random) weights in both frameworks:
   * the image encoder on one image (batch 1, float32), runs of the two interleaved;
@@ -25,6 +26,7 @@ import argparse
 import dataclasses
 import datetime
 import functools
+import gc
 import os
 import pathlib
 import platform
@@ -408,6 +410,135 @@ def format_amg_report(title: str, machine: str, row: Row) -> str:
     )
 
 
+# ----------------------------------------------------------------------------- input pipeline
+
+
+@dataclasses.dataclass
+class PipelineRow:
+    """Host throughput of the training input pipeline with one setting.
+
+    Attributes:
+      what: the setting, in words.
+      first_batch_s: wall time to the first batch (worker processes starting).
+      images_per_s: images per second of wall time after the first batch.
+      images_per_cpu_s: images per second of CPU time of every process involved, from the
+        start (the figure per host core; worker start-up included).
+      cpu_s: CPU seconds of those processes.
+    """
+
+    what: str
+    first_batch_s: float
+    images_per_s: float
+    images_per_cpu_s: float
+    cpu_s: float
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its children that have exited."""
+    import resource  # pylint: disable=g-import-not-at-top
+
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def pipeline_benchmark(
+    image_size: int = 1024,
+    max_prompts: int = 16,
+    num_images: int = 256,
+    batch_size: int = 8,
+    workers: tuple = (0, 2),
+    num_scenes: int = 10,
+) -> List[PipelineRow]:
+    """Images per second of `mopeft_jax.data.pipeline` at SAM's input size.
+
+    The source holds `num_scenes` synthetic scenes of every domain at `image_size`, generated
+    before timing and cycled: the figures are the pipeline's own host work (SAM's resize,
+    normalisation and padding, the label's resize, connected segments, `max_prompts` box
+    prompts and their low-res masks, batching), not the scene generator's or an image
+    decoder's, which are the dataset's cost.
+
+    Rows: `preprocess_example` alone in this process, then one pass of `make_dataset` over
+    `num_images` images for each worker count in `workers` (0: in this process, with grain's
+    prefetch threads).
+    """
+    from mopeft_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+    from mopeft_jax.data.pipeline import (  # pylint: disable=g-import-not-at-top
+        PipelineConfig,
+        make_dataset,
+        preprocess_example,
+    )
+
+    domains = (synthetic.SOURCE_DOMAIN, *synthetic.TARGET_DOMAINS)
+    scenes = [
+        synthetic.make_example(domains[i % len(domains)], i, image_size=image_size)
+        for i in range(num_scenes)
+    ]
+    source = [scenes[i % num_scenes] for i in range(num_images)]  # references, no copies
+    config = PipelineConfig(
+        image_size=image_size,
+        low_res_size=image_size // 4,
+        max_prompts=max_prompts,
+        batch_size=batch_size,
+        shuffle=False,
+        num_epochs=1,
+    )
+    rng = np.random.default_rng(0)
+    preprocess_example(scenes[0], config, rng)  # warm-up
+    start, cpu = time.perf_counter(), _cpu_seconds()
+    for example in source:
+        preprocess_example(example, config, rng)
+    wall, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
+    rows = [
+        PipelineRow("preprocess_example alone", 0.0, len(source) / wall, len(source) / cpu, cpu)
+    ]
+
+    for count in workers:
+        dataset = make_dataset(
+            source, dataclasses.replace(config, worker_count=count), shard_index=0, shard_count=1
+        )
+        start, cpu = time.perf_counter(), _cpu_seconds()
+        iterator = iter(dataset)
+        batch = next(iterator)
+        first = time.perf_counter()
+        images = 0
+        for batch in iterator:
+            images += len(batch["image"])
+        wall = time.perf_counter() - first
+        del iterator, batch
+        gc.collect()  # the workers exit and are reaped: their CPU time counts
+        cpu = _cpu_seconds() - cpu
+        what = f"make_dataset, {count} worker processes" if count else "make_dataset, in process"
+        rows.append(
+            PipelineRow(what, first - start, images / wall, (images + batch_size) / cpu, cpu)
+        )
+    return rows
+
+
+def format_pipeline_report(
+    rows: List[PipelineRow], machine: str, image_size: int, max_prompts: int, batch_size: int
+) -> str:
+    """The pipeline benchmark as a markdown section."""
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    lines = [
+        f"## Training input pipeline, {image_size}x{image_size}, {max_prompts} box prompts",
+        "",
+        f"{datetime.date.today().isoformat()}; {machine}; load average {load}. Synthetic scenes "
+        "held in memory; SAM's preprocessing, prompts and low-res masks, batches of "
+        f"{batch_size}. Images per CPU second (every process, worker start-up included) is the "
+        "figure per host core; images per second counts from the first batch.",
+        "",
+        "| what | first batch (s) | images / s | images / CPU s | CPU s |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.what} | {r.first_batch_s:.1f} | {r.images_per_s:.1f} | "
+            f"{r.images_per_cpu_s:.1f} | {r.cpu_s:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def _torch_version() -> str:
     import torch  # pylint: disable=g-import-not-at-top
 
@@ -429,7 +560,10 @@ def main(argv=None) -> int:
     parser.add_argument("--prompts", type=int, default=100, help="box prompts for the decoder")
     parser.add_argument("--no-train", action="store_true", help="skip the train-step timings")
     parser.add_argument(
-        "--only", choices=["amg"], help="run one benchmark alone: amg, the automatic mask generator"
+        "--only",
+        choices=["amg", "pipeline"],
+        help="run one benchmark alone: amg, the automatic mask generator; pipeline, the "
+        "training input pipeline's throughput",
     )
     parser.add_argument(
         "--amg-points-per-side", type=int, default=32, help="point grid of the mask generator"
@@ -439,8 +573,27 @@ def main(argv=None) -> int:
         default=str(REPO / "BENCHMARKS.md"),
         help="markdown file the table is appended to ('' to skip)",
     )
+    parser.add_argument(
+        "--pipeline_workers",
+        default=f"0,{os.cpu_count()}",
+        help="pipeline: worker process counts to time make_dataset with, comma-separated",
+    )
     args = parser.parse_args(argv)
     retained = retain_freed_memory()  # before the first computation; see mopeft_jax.host_memory
+    if args.only == "pipeline":
+        size, prompts, batch = (128, 8, 4) if args.quick else (1024, 16, 8)
+        workers = tuple(int(w) for w in args.pipeline_workers.split(","))
+        rows = pipeline_benchmark(
+            size, prompts, num_images=16 if args.quick else 256, batch_size=batch, workers=workers
+        )
+        report = format_pipeline_report(rows, machine_description(retained), size, prompts, batch)
+        print(report)
+        if args.output and not args.quick:
+            path = pathlib.Path(args.output)
+            existing = path.read_text() if path.exists() else "# Benchmarks\n\n"
+            path.write_text(existing.rstrip("\n") + "\n\n" + report)
+            print(f"Appended to {path}")
+        return 0
 
     if args.quick:
         config = SamConfig(

@@ -5,9 +5,4 @@
 (it does not import on the CPU machines this project targets).
 """
 
-import jax
-
 import weights_convert.official  # noqa: F401  (registers the torchvision stand-in)
-
-# Parity is checked in float32 at full precision.
-jax.config.update("jax_default_matmul_precision", "highest")

@@ -19,17 +19,19 @@ def get_config() -> ml_collections.ConfigDict:
     config.optimizer.learning_rates = ml_collections.ConfigDict(
         dict(gate=2e-3, peft=2e-3, decoder=3e-4, sam=3e-4)
     )
-    config.optimizer.warmup_steps = 10
-    config.train.steps = 80
+    config.optimizer.warmup_steps = 5
+    config.train.steps = 40
     config.train.log_every = 5
-    config.train.checkpoint_every = 40
+    config.train.checkpoint_every = 0  # at the end only: the comparison resumes finished runs
+    config.train.export = False  # the comparison evaluates the trained params in memory
     config.eval.max_images = 16
 
     # Pretraining the tiny SAM on the source domain: every weight trains, from scratch.
     config.pretrain = ml_collections.ConfigDict()
-    config.pretrain.steps = 600
+    config.pretrain.steps = 300
     config.pretrain.learning_rate = 2e-3
     config.pretrain.batch_size = 8
+    config.pretrain.max_prompts = 4
     config.pretrain.num_examples = 2048
 
     config.compare = ml_collections.ConfigDict()

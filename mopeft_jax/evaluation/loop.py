@@ -44,6 +44,7 @@ from mopeft_jax.evaluation.metrics import (
 )
 from mopeft_jax.evaluation.prompts import oracle_prompts
 from mopeft_jax.evaluation.semantic_map import semantic_map
+from mopeft_jax.peft.gates import gate_values
 from mopeft_jax.preprocessing import preprocess_image, resize_label_longest_side
 from mopeft_jax.sam.model import Sam
 from mopeft_jax.sam.transforms import postprocess_masks
@@ -55,6 +56,7 @@ __all__ = [
     "PAXRAY_PREFIX",
     "PAXRAY_NAME",
     "compiled_functions",
+    "decoder_params",
     "evaluate_dataset",
     "evaluate_source",
     "predict_class_map",
@@ -149,10 +151,13 @@ class CompiledFunctions(NamedTuple):
     """The jitted pieces of one model; each compiles once per input shape.
 
     Attributes:
-      encode: ``(params, image (S, S, 3) float32) -> (1, h, w, D)`` image embedding.
-      decode: ``{"box": f, "point": f}``, ``f(params, embedding (1, h, w, D), prompts) ->
-        (P, L, L)`` low-res logits of the first multimask output per prompt, where ``prompts``
-        is ``(P, 4)`` boxes ``x0, y0, x1, y1`` or ``(P, 2)`` positive points ``x, y``, float32
+      encode: ``(params, image (S, S, 3) float32) -> ((1, h, w, D) image embedding, gates)``,
+        ``gates`` the model's gate values, ``{"blocks_3/lora_q": (1,), ...}`` (empty for a
+        model without gates), so that reading them costs no second compilation of the encoder.
+      decode: ``{"box": f, "point": f}``, ``f(decoder_params, embedding (1, h, w, D), prompts)
+        -> (P, L, L)`` low-res logits of the first multimask output per prompt, where
+        ``decoder_params`` is :func:`decoder_params` of the model's params and ``prompts`` is
+        ``(P, 4)`` boxes ``x0, y0, x1, y1`` or ``(P, 2)`` positive points ``x, y``, float32
         pixels of the resized (unpadded) input frame.
     """
 
@@ -160,14 +165,33 @@ class CompiledFunctions(NamedTuple):
     decode: Dict[str, Callable]
 
 
+# The PEFT layers all live in the image encoder: the prompt encoder and mask decoder are the
+# same module with or without them.
+DECODER_MODULES = ("prompt_encoder", "mask_decoder")
+
+
+def decoder_params(params) -> Dict[str, Any]:
+    """The prompt encoder's and mask decoder's params: what the jitted decoders take."""
+    return {name: params[name] for name in DECODER_MODULES}
+
+
 # Cached per model (a frozen dataclass, equal for equal configs): the jitted closures take the
 # params as an argument, so one compilation serves every checkpoint of the same architecture.
+# The decoders of a model with PEFT layers are those of the model without them, which take
+# only the decoder's params: a comparison of seven methods compiles them once, not seven times.
 @functools.lru_cache(maxsize=8)
 def compiled_functions(model: Sam) -> CompiledFunctions:
     """The (cached) jitted encoder and decoders of ``model``."""
 
     def encode(params, image):
-        return model.apply({"params": params}, image[None], method=Sam.encode_image)
+        embedding, state = model.apply(
+            {"params": params}, image[None], method=Sam.encode_image, mutable=["gates"]
+        )
+        return embedding, gate_values(state)
+
+    if model.config.peft is not None:
+        plain = compiled_functions(Sam(model.config.replace(peft=None)))
+        return CompiledFunctions(encode=jax.jit(encode), decode=plain.decode)
 
     def decode_boxes(params, embedding, boxes):
         masks, _ = model.apply(
@@ -237,8 +261,9 @@ def _image_class_map(
     background_class: Optional[int],
 ) -> np.ndarray:
     """The ``(H, W)`` int64 class map of one image from its ``(N, ...)`` prompts."""
-    embedding = fns.encode(params, pixels)
+    embedding, _ = fns.encode(params, pixels)
     decode = fns.decode[prompt_kind]
+    decoder = decoder_params(params)
     # Running per-class maximum of the upscaled logits. semantic_map takes the per-class maximum
     # over a class's prompts first, so handing it one pre-reduced map per class gives the same
     # class map while holding at most one chunk of full-size logits at a time.
@@ -246,7 +271,7 @@ def _image_class_map(
     for start in range(0, len(prompts), prompt_bucket):
         chunk = prompts[start : start + prompt_bucket]
         n = len(chunk)
-        low_res = decode(params, embedding, _pad_prompts(chunk, prompt_bucket))
+        low_res = decode(decoder, embedding, _pad_prompts(chunk, prompt_bucket))
         # Upscale only about as many masks as there are real prompts (few shape variants).
         m = min(prompt_bucket, _next_power_of_two(n))
         logits = _postprocess(

@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
-import functools
 import json
 import pathlib
 from typing import Dict, List
@@ -22,11 +21,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from mopeft_jax.evaluation.loop import evaluate_dataset
+from mopeft_jax.evaluation.loop import compiled_functions, evaluate_dataset
 from mopeft_jax.experiment import config as config_lib
 from mopeft_jax.experiment import plots
-from mopeft_jax.experiment.trainer import train
-from mopeft_jax.peft.gates import gate_values
+from mopeft_jax.experiment.trainer import initial_params, train
 from mopeft_jax.preprocessing import preprocess_image
 from mopeft_jax.pretrained import RunModel
 from mopeft_jax.sam.model import Sam
@@ -60,9 +58,11 @@ def run_comparison(
       progress: show progress bars.
     """
     workdir = pathlib.Path(workdir)
-    results = []
-    for name in config.compare.datasets:
-        for method in config.compare.methods:
+    results = {}
+    # Method by method: the runs of one method share its initial params and its compiled train
+    # step (same shapes on every dataset), and the next method's replace them in memory.
+    for method in config.compare.methods:
+        for name in config.compare.datasets:
             run_config = copy.deepcopy(config)
             run_config.data.name = name
             if method != ZERO_SHOT:
@@ -70,12 +70,17 @@ def run_comparison(
             eval_set = config_lib.dataset(run_config, config.eval.split or None)
             run_dir = workdir / eval_set.info.name / method
             result = _run_one(run_config, method, eval_set, run_dir, progress)
-            results.append(result)
+            results[(name, method)] = result
             with open(workdir / "results.jsonl", "a") as f:
                 record = dataclasses.asdict(result)
                 record.pop("history")
                 f.write(json.dumps(record) + "\n")
             print(f"{name:>24s} {method:>14s}: mIoU {100 * result.miou:6.2f}", flush=True)
+    results = [
+        results[(name, method)]
+        for name in config.compare.datasets
+        for method in config.compare.methods
+    ]
     write_tables(results, workdir)
     plots.gate_plot(results, workdir / "gates.png")
     plots.loss_curves(results, workdir / "loss_curves.png")
@@ -88,7 +93,7 @@ def _run_one(config, method, eval_set, run_dir: pathlib.Path, progress) -> Metho
     if method == ZERO_SHOT:
         sam_config, base = config_lib.model_config(config)
         sam = RunModel(sam_config.replace(peft=None), "peft", base, config.train.seed)
-        model, params = Sam(sam.sam_config), sam.initial_params()
+        model, params = Sam(sam.sam_config), initial_params(sam)
         trainable, history, step_seconds = 0, [], float("nan")
     else:
         trained = train(config, run_dir, progress=progress)
@@ -101,6 +106,7 @@ def _run_one(config, method, eval_set, run_dir: pathlib.Path, progress) -> Metho
         eval_set,
         prompt_kind=config.eval.prompt,
         max_images=config.eval.max_images or None,
+        prompt_bucket=config.eval.prompt_bucket,
         progress=progress,
     )
     gates = _mean_gates(model, params, eval_set.source) if _is_gated(model) else {}
@@ -125,28 +131,18 @@ def _is_gated(model: Sam) -> bool:
 
 
 def _mean_gates(model: Sam, params, source, num_images: int = 4) -> Dict[str, float]:
-    """Gate values averaged over a few evaluation images."""
+    """Gate values averaged over a few evaluation images (the evaluation's own compiled
+    encoder computes them)."""
     cfg = model.config
-    images = np.stack(
-        [
-            preprocess_image(source[i]["image"], cfg.image_size, cfg.pixel_mean, cfg.pixel_std)[0]
-            for i in range(min(num_images, len(source)))
-        ]
-    )
-    return {name: float(np.mean(value)) for name, value in _gates_fn(model)(params, images).items()}
-
-
-@functools.lru_cache(maxsize=8)
-def _gates_fn(model: Sam):
-    """Jitted (params, images) -> {gate name: (B,) values}, cached per model."""
-
-    def gates(params, images):
-        _, state = model.apply(
-            {"params": params}, images, method=Sam.encode_image, mutable=["gates"]
-        )
-        return gate_values(state)
-
-    return jax.jit(gates)
+    encode = compiled_functions(model).encode
+    per_image = [
+        encode(
+            params,
+            preprocess_image(source[i]["image"], cfg.image_size, cfg.pixel_mean, cfg.pixel_std)[0],
+        )[1]
+        for i in range(min(num_images, len(source)))
+    ]
+    return {name: float(np.mean([g[name] for g in per_image])) for name in per_image[0]}
 
 
 def write_tables(results: List[MethodResult], workdir: pathlib.Path) -> str:

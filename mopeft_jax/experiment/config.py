@@ -83,8 +83,11 @@ def base_config() -> ml_collections.ConfigDict:
     config.train.steps = 200
     config.train.seed = 0
     config.train.log_every = 10
-    config.train.checkpoint_every = 50
-    # Also export the model folder (WORKDIR/model) every this many steps; 0: at the end only.
+    config.train.checkpoint_every = 50  # 0: at the end only
+    # Export the whole model as WORKDIR/model (a pretrained folder) at the end, and every
+    # export_every steps (0: at the end only). Without it the run folder is still a model
+    # (load_pretrained reads its checkpoint); the export costs about 2 s of orbax per write.
+    config.train.export = True
     config.train.export_every = 0
     config.train.tensorboard = False  # also write WORKDIR/tensorboard (extra: tensorboard)
 
@@ -97,6 +100,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.eval.prompt = "box"  # the oracle prompts: "box" or "point"
     config.eval.split = ""  # "": the dataset's evaluation split
     config.eval.max_images = 32  # 0: every image
+    # Prompts decoded per call (an image's prompts are padded up to it, cut into chunks of it
+    # if more): MESS's images have up to 100; a dataset with fewer per image decodes faster
+    # with a bucket that fits them.
+    config.eval.prompt_bucket = 100
     return config
 
 

@@ -30,8 +30,10 @@ def pretrain_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
     pre.data.name = f"synthetic:{SOURCE_DOMAIN}"
     pre.data.num_examples = config.pretrain.num_examples
     pre.pipeline.batch_size = config.pretrain.batch_size
+    pre.pipeline.max_prompts = config.pretrain.max_prompts
     pre.train.steps = config.pretrain.steps
     pre.train.checkpoint_every = max(config.pretrain.steps // 4, 1)
+    pre.train.export = True  # the demo loads the pretrained SAM from model/
     pre.train.export_every = 0
     rate = config.pretrain.learning_rate
     pre.optimizer.learning_rates.sam = rate

@@ -12,6 +12,7 @@ from typing import Any, Optional, Tuple
 from mopeft_jax.preprocessing import PIXEL_MEAN, PIXEL_STD
 
 ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "chunked", "flash")
+MATMUL_PRECISIONS = ("highest", "high", "default")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +52,15 @@ class SamConfig:
         (`flash_attention.py`) for every call; outside GPUs it runs in Pallas'
         interpret mode, which is correct but slow.
       attention_query_chunk: at most this many queries per step of the chunked attention.
+      matmul_precision: precision of the float32 matmuls and convolutions, as
+        `jax.default_matmul_precision` names them: "highest" (full float32 on every
+        backend), "high" (TF32 on GPUs, three bf16 passes on TPUs), "default" (each
+        backend's fastest: TF32 on Ampere and later GPUs, one bf16 pass on TPUs; float32
+        on CPUs). None picks "highest" for float32/float64 compute, so float32 means
+        float32 everywhere (JAX's own default is TF32 on GPUs: 7e-4 relative error of the
+        ViT-B encoder against PyTorch float32, 1.6e-6 with "highest"), and "default" for
+        bfloat16/float16, whose matmul operands are 16-bit anyway. Ops that fix their own
+        precision (bf16 attention logits in `jax.nn.dot_product_attention`) keep it.
       remat: rematerialise encoder blocks in the backward pass (saves activation memory).
       peft: a `mopeft_jax.peft.PeftConfig`, or None for plain SAM.
     """
@@ -77,6 +87,7 @@ class SamConfig:
     dtype: str = "float32"
     attention: str = "auto"
     attention_query_chunk: int = 1024
+    matmul_precision: Optional[str] = None
     remat: bool = False
     peft: Optional[Any] = None
 
@@ -115,6 +126,11 @@ class SamConfig:
             )
         if self.dtype not in ("float32", "bfloat16", "float16", "float64"):
             problems.append(f"dtype {self.dtype!r} is not float32, bfloat16, float16 or float64")
+        if self.matmul_precision not in (None, *MATMUL_PRECISIONS):
+            problems.append(
+                f"matmul_precision {self.matmul_precision!r} is not None or one of "
+                f"{MATMUL_PRECISIONS}"
+            )
         if problems:
             raise ValueError("Invalid SamConfig: " + "; ".join(problems) + ".")
 
@@ -122,6 +138,13 @@ class SamConfig:
     def embedding_size(self) -> int:
         """Side of the image-embedding grid (64 for the official models)."""
         return self.image_size // self.patch_size
+
+    @property
+    def precision(self) -> str:
+        """The matmul precision in effect: `matmul_precision`, or the dtype's default."""
+        if self.matmul_precision is not None:
+            return self.matmul_precision
+        return "highest" if self.dtype in ("float32", "float64") else "default"
 
     @property
     def low_res_mask_size(self) -> int:

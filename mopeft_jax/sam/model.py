@@ -16,6 +16,23 @@ from mopeft_jax.sam.mask_decoder import MaskDecoder
 from mopeft_jax.sam.prompt_encoder import PromptEncoder
 
 
+def _in_matmul_precision(method):
+    """Runs a `Sam` method with `config.precision` as JAX's default matmul precision.
+
+    JAX fixes the precision of every matmul and convolution when it traces them, so this
+    holds inside `jax.jit`, and in the backward pass: `jax.grad` transposes each op with
+    the precision it was traced with. Custom VJPs' backward functions (the chunked
+    attention kernel's) are traced after the method returns and keep JAX's default.
+    """
+
+    @functools.wraps(method)
+    def wrapped(self, *args, **kwargs):
+        with jax.default_matmul_precision(self.config.precision):
+            return method(self, *args, **kwargs)
+
+    return wrapped
+
+
 class Sam(nn.Module):
     """SAM: image encoder, prompt encoder and mask decoder.
 
@@ -36,10 +53,12 @@ class Sam(nn.Module):
         self.prompt_encoder = PromptEncoder(self.config)
         self.mask_decoder = MaskDecoder(self.config)
 
+    @_in_matmul_precision
     def encode_image(self, images: jax.Array) -> jax.Array:
         """Normalised, padded images (B, S, S, 3) -> image embeddings (B, S/p, S/p, D)."""
         return self.image_encoder(images)
 
+    @_in_matmul_precision
     def decode(
         self,
         image_embeddings: jax.Array,

@@ -2,9 +2,9 @@
 
 - A quick one (30 pretraining steps): every method runs end to end, the tables and plots are
   written, and the frozen weights stay frozen.
-- A slow one (the demo's own 600-step pretraining, four domains, three methods): adaptation
-  beats zero-shot SAM on average. A SAM pretrained for tens of steps segments nothing
-  (mIoU < 10%), so this needs the real pretraining (about 4 minutes on a 2-core CPU).
+- A slow one (the demo's own pretraining, four domains, three methods): adaptation beats
+  zero-shot SAM on average. A SAM pretrained for tens of steps segments nothing (mIoU < 10%),
+  so this needs the real pretraining (300 steps, about 5 minutes on a 2-core CPU).
 """
 
 import pathlib
