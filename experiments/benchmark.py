@@ -539,6 +539,14 @@ def format_pipeline_report(
     return "\n".join(lines) + "\n"
 
 
+def append_report(output: str, report: str) -> None:
+    """Appends a markdown `report` to the file `output` (created with a title if missing)."""
+    path = pathlib.Path(output)
+    existing = path.read_text() if path.exists() else "# Benchmarks\n\n"
+    path.write_text(existing.rstrip("\n") + "\n\n" + report)
+    print(f"Appended to {path}")
+
+
 def _torch_version() -> str:
     import torch  # pylint: disable=g-import-not-at-top
 
@@ -589,10 +597,7 @@ def main(argv=None) -> int:
         report = format_pipeline_report(rows, machine_description(retained), size, prompts, batch)
         print(report)
         if args.output and not args.quick:
-            path = pathlib.Path(args.output)
-            existing = path.read_text() if path.exists() else "# Benchmarks\n\n"
-            path.write_text(existing.rstrip("\n") + "\n\n" + report)
-            print(f"Appended to {path}")
+            append_report(args.output, report)
         return 0
 
     if args.quick:
@@ -619,10 +624,7 @@ def main(argv=None) -> int:
         report += "\n" + format_train_report(train_benchmark(config, params, args.repeats), 4)
     print(report)
     if args.output and not args.quick:
-        path = pathlib.Path(args.output)
-        existing = path.read_text() if path.exists() else "# Benchmarks\n\n"
-        path.write_text(existing.rstrip("\n") + "\n\n" + report)
-        print(f"Appended to {path}")
+        append_report(args.output, report)
     return 0
 
 
