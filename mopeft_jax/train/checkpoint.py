@@ -367,13 +367,14 @@ def _without_closed_loop_noise(
         try:
             yield
         finally:
-            # The abandoned reads finish within milliseconds, later on a starved CPU.
-            deadline = time.monotonic() + max_wait_seconds
-            size = -1 if failed() else os.fstat(held.fileno()).st_size
-            while size != os.fstat(held.fileno()).st_size and time.monotonic() < deadline:
-                size = os.fstat(held.fileno()).st_size
-                time.sleep(quiet_seconds)
-            gc.collect()  # asyncio logs its never-retrieved task errors at collection
+            if failed():
+                # The abandoned reads finish within milliseconds, later on a starved CPU.
+                deadline = time.monotonic() + max_wait_seconds
+                size = -1
+                while size != os.fstat(held.fileno()).st_size and time.monotonic() < deadline:
+                    size = os.fstat(held.fileno()).st_size
+                    time.sleep(quiet_seconds)
+                gc.collect()  # asyncio logs its never-retrieved task errors at collection
             sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
