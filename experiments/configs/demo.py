@@ -35,8 +35,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.pretrain.num_examples = 2048
 
     config.compare = ml_collections.ConfigDict()
-    config.compare.datasets = [f"synthetic:{domain}" for domain in TARGET_DOMAINS]
-    config.compare.methods = [
+    # Tuples, so that `--config.compare.methods='("lora", "mopeft")'` can override them.
+    config.compare.datasets = tuple(f"synthetic:{domain}" for domain in TARGET_DOMAINS)
+    config.compare.methods = (
         "zero_shot",
         "lora",
         "prefix",
@@ -44,5 +45,5 @@ def get_config() -> ml_collections.ConfigDict:
         "full_finetune",
         "mopeft",
         "mopeft_plus",
-    ]
+    )
     return config

@@ -97,6 +97,8 @@ class PipelineConfig:
         num_epochs: passes over the data; None repeats forever.
         drop_remainder: drop a last, incomplete batch (only matters for a finite stream).
         worker_count: grain worker processes for the pre-processing; 0 runs it in this process.
+        prefetch_batches: batches prepared ahead of the one in use (in this process, by as many
+            threads).
         pixel_mean, pixel_std: SAM's normalisation, RGB in [0, 255].
     """
 
@@ -112,11 +114,15 @@ class PipelineConfig:
     num_epochs: Optional[int] = None
     drop_remainder: bool = True
     worker_count: int = 0
+    # Grain's default read-ahead is 500 elements (here batches) on 16 threads: in a run of a few
+    # hundred steps most of that work is thrown away, and its threads take the cores from the
+    # train step. Pretraining the demo's tiny SAM (60 steps of 8 images) took 115 s with it.
+    prefetch_batches: int = 2
     pixel_mean: Tuple[float, float, float] = PIXEL_MEAN
     pixel_std: Tuple[float, float, float] = PIXEL_STD
 
     def __post_init__(self):
-        for name in ("image_size", "low_res_size", "max_prompts", "batch_size"):
+        for name in ("image_size", "low_res_size", "max_prompts", "batch_size", "prefetch_batches"):
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
                 raise ValueError(f"PipelineConfig.{name} must be a positive int, got {value!r}")
@@ -416,7 +422,8 @@ def make_dataset(
         if not _is_int(start_batch) or start_batch < 0:
             raise ValueError(f"start_batch must be an int >= 0, got {start_batch!r}")
         ds = ds[start_batch:]
-    ids = ds.to_iter_dataset()
+    ahead = config.prefetch_batches
+    ids = ds.to_iter_dataset(grain.ReadOptions(num_threads=ahead, prefetch_buffer_size=ahead))
     if config.worker_count > 0:
         _ensure_absl_flags_parsed()
         ids = ids.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.worker_count))

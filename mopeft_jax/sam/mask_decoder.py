@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from mopeft_jax.sam.config import SamConfig
-from mopeft_jax.sam.layers import MLP, Embedding, gelu, layer_norm_2d
+from mopeft_jax.sam.layers import MLP, Embedding, PatchConvTranspose, gelu, layer_norm_2d
 from mopeft_jax.sam.transformer import TwoWayTransformer
 
 
@@ -68,25 +68,9 @@ class MaskDecoder(nn.Module):
         mask_tokens_out = hs[:, 1 : 1 + num_mask_tokens]
 
         x = src.reshape(b, h, w, dim)
-        x = nn.ConvTranspose(
-            dim // 4,
-            (2, 2),
-            strides=(2, 2),
-            padding="VALID",
-            transpose_kernel=True,
-            dtype=dtype,
-            name="output_upscaling_0",
-        )(x)
+        x = PatchConvTranspose(dim // 4, dtype=dtype, name="output_upscaling_0")(x)
         x = gelu(layer_norm_2d("output_upscaling_1", dtype)(x))
-        x = nn.ConvTranspose(
-            dim // 8,
-            (2, 2),
-            strides=(2, 2),
-            padding="VALID",
-            transpose_kernel=True,
-            dtype=dtype,
-            name="output_upscaling_3",
-        )(x)
+        x = PatchConvTranspose(dim // 8, dtype=dtype, name="output_upscaling_3")(x)
         upscaled = gelu(x)  # (B, 4h, 4w, D/8)
 
         hyper_in = jnp.stack(
