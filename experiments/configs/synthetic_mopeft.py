@@ -8,4 +8,5 @@ def get_config():
     config = base_config()
     config.peft = "mopeft"
     config.data.name = "synthetic:color_shift"
+    config.pipeline.worker_count = 0  # 128-pixel scenes: cheaper than starting a worker process
     return config

@@ -123,8 +123,8 @@ def decoder_onnx(config: SamConfig, params: Any, *, multimask_output: bool = Tru
             (1,),
         ]
     ]
-    # Traced to primitives here, outside jax2onnx: it converts Flax modules it knows as a
-    # whole, and has no rule for the mask decoder's ConvTranspose(transpose_kernel=True).
+    # Traced to primitives here, outside jax2onnx: it converts the Flax modules it knows as a
+    # whole, with its own rules, and the graph should follow this model's code op for op.
     traced = jax.make_jaxpr(official_layout)(*specs)
 
     def primitives(*args):
