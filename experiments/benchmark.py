@@ -4,6 +4,7 @@
     python -m experiments.benchmark --quick    # a tiny model, nothing written (smoke test)
     python -m experiments.benchmark --only amg --amg-points-per-side 8   # the mask generator alone
     python -m experiments.benchmark --only pipeline   # the input pipeline's images/s
+    python -m experiments.benchmark --only compile    # train-step compile time, first and cached
 
 Measures, with the same (random) weights in both frameworks:
   * the image encoder on one image (batch 1, float32), runs of the two interleaved;
@@ -15,7 +16,9 @@ Measures, with the same (random) weights in both frameworks:
     `SamAutomaticMaskGenerator` with the same options (`amg_benchmark`);
   * one train step of MoPEFT and of full fine-tuning, each against the forward of the
     same loss, with peak memory, trainable parameters and optimizer-state bytes, and the
-    ratio of their FLOPs, the arithmetic floor of the time ratio.
+    ratio of their FLOPs, the arithmetic floor of the time ratio;
+  * (`--only compile`) the train step's trace and compile time on a first run and from JAX's
+    persistent compilation cache, as the `experiments/` commands use it.
 The process keeps freed host memory (`mopeft_jax.host_memory.retain_freed_memory`), which
 both frameworks share. Needs the `test` extra (torch and segment-anything) for the reference.
 """
@@ -31,6 +34,7 @@ import os
 import pathlib
 import platform
 import sys
+import tempfile
 import time
 from typing import Callable, List
 
@@ -39,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mopeft_jax import Sam, SamConfig
+from mopeft_jax.experiment.cli import enable_compilation_cache
 from mopeft_jax.host_memory import retain_freed_memory
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -329,6 +334,65 @@ def train_benchmark(
     return rows
 
 
+@dataclasses.dataclass
+class CompileRow:
+    what: str
+    trace_s: float  # tracing and lowering to StableHLO (not cached)
+    first_s: float  # XLA compilation into an empty cache
+    cached_s: float  # the same step, traced anew, from the persistent cache
+
+
+def compile_benchmark(config: SamConfig, method: str, num_prompts: int = 4) -> CompileRow:
+    """Trace and compile time of a `method` train step (1 image, `num_prompts` box prompts),
+    first, then again with a step traced anew (a new jit object: nothing reused in memory),
+    as a second run of a command would. Run it with the persistent compilation cache on, and
+    empty, so that the second compile is a cache hit."""
+    from mopeft_jax.peft import method as peft_method  # pylint: disable=g-import-not-at-top
+    from mopeft_jax.peft import preset  # pylint: disable=g-import-not-at-top
+    from mopeft_jax.train import partition  # pylint: disable=g-import-not-at-top
+    from mopeft_jax.train.step import (  # pylint: disable=g-import-not-at-top
+        TrainState,
+        make_train_step,
+    )
+
+    model = Sam(config.replace(peft=preset(method)))
+    params = jax.eval_shape(model.init_params, jax.random.key(0))
+    labels = partition.label_params(params, peft_method(method).trainable)
+    trainable, frozen = partition.split(params, labels)
+    optimizer = partition.make_optimizer(
+        partition.OptimizerConfig(), partition.split(labels, labels)[0]
+    )
+    state = jax.eval_shape(lambda t: TrainState.create(t, optimizer), trainable)
+    batch = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), _train_batch(config, num_prompts)
+    )
+    times = []
+    for _ in range(2):
+        start = time.perf_counter()
+        lowered = jax.jit(make_train_step(model, optimizer)).lower(state, frozen, batch)
+        traced = time.perf_counter()
+        lowered.compile()
+        times.append((traced - start, time.perf_counter() - traced))
+    return CompileRow(method, times[0][0], times[0][1], times[1][1])
+
+
+def format_compile_report(rows: List[CompileRow], machine: str, title: str) -> str:
+    """The compile benchmark as a markdown section."""
+    lines = [
+        f"## Train-step compile time, {title}",
+        "",
+        f"{datetime.date.today().isoformat()}; {machine}. One image with 4 box prompts. The "
+        "cached compile is a step traced anew in the same process, loaded from JAX's persistent "
+        "compilation cache (what a second run of an `experiments/` command does).",
+        "",
+        "| method | trace + lower (s) | compile, empty cache (s) | compile, cached (s) |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lines.append(f"| {r.what} | {r.trace_s:.1f} | {r.first_s:.1f} | {r.cached_s:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def _train_batch(config: SamConfig, num_prompts: int):
     """One image with `num_prompts` rectangular masks and their boxes."""
     rng = np.random.RandomState(1)
@@ -569,9 +633,9 @@ def main(argv=None) -> int:
     parser.add_argument("--no-train", action="store_true", help="skip the train-step timings")
     parser.add_argument(
         "--only",
-        choices=["amg", "pipeline"],
+        choices=["amg", "pipeline", "compile"],
         help="run one benchmark alone: amg, the automatic mask generator; pipeline, the "
-        "training input pipeline's throughput",
+        "training input pipeline's throughput; compile, the train step's compile time",
     )
     parser.add_argument(
         "--amg-points-per-side", type=int, default=32, help="point grid of the mask generator"
@@ -595,6 +659,22 @@ def main(argv=None) -> int:
             size, prompts, num_images=16 if args.quick else 256, batch_size=batch, workers=workers
         )
         report = format_pipeline_report(rows, machine_description(retained), size, prompts, batch)
+        print(report)
+        if args.output and not args.quick:
+            append_report(args.output, report)
+        return 0
+
+    if args.only == "compile":
+        config, title = (
+            (SamConfig.tiny(), "tiny SAM")
+            if args.quick
+            else (SamConfig.vit_b(), "SAM ViT-B, 1024x1024")
+        )
+        with tempfile.TemporaryDirectory() as cache:
+            enable_compilation_cache(cache)
+            methods = ("lora",) if args.quick else ("mopeft", "lora", "full_finetune")
+            rows = [compile_benchmark(config, m) for m in methods]
+        report = format_compile_report(rows, machine_description(retained), title)
         print(report)
         if args.output and not args.quick:
             append_report(args.output, report)
