@@ -80,13 +80,19 @@ class Sam(nn.Module):
           multimask_output: the three ambiguity-aware masks if True, else the single mask.
 
         Returns:
-          Low-res mask logits (B, M, 4h, 4w) and IoU predictions (B, M), M = 3 or 1.
+          Low-res mask logits (B, M, 4h, 4w) and IoU predictions (B, M), M = 3 or 1; with
+          B = 0 (prompt arrays with no rows), empty arrays of those shapes.
         """
         if (point_coords is None) != (point_labels is None):
             raise ValueError("point_coords and point_labels must be given together.")
         batch_size = _prompt_batch_size(
             image_embeddings, point_coords, point_labels, boxes, mask_inputs
         )
+        if batch_size == 0:  # no prompt set (an image without segments): empty outputs
+            _, h, w, _ = image_embeddings.shape
+            outputs = self.config.num_multimask_outputs if multimask_output else 1
+            dtype = jnp.dtype(self.config.dtype)
+            return jnp.zeros((0, outputs, 4 * h, 4 * w), dtype), jnp.zeros((0, outputs), dtype)
         points = None if point_coords is None else (point_coords, point_labels)
         sparse, dense = self.prompt_encoder(batch_size, points, boxes, mask_inputs)
         return self.mask_decoder(

@@ -149,6 +149,23 @@ def test_decode_without_prompts_uses_the_embedding_batch():
     assert relative_error(masks[:1], expected) <= MASK_TOL
 
 
+@pytest.mark.parametrize("multimask", [True, False])
+def test_zero_prompt_sets_give_empty_outputs_of_the_usual_shapes(multimask):
+    _, config, params = converted("windowed_padded")
+    _, emb = embeddings("windowed_padded")
+    decode = functools.partial(
+        Sam(config).apply,
+        {"params": params},
+        emb[:1],
+        method=Sam.decode,
+        multimask_output=multimask,
+    )
+    one_masks, one_iou = decode(**random_prompts(config, "points+box", num=1))
+    masks, iou = decode(**random_prompts(config, "points+box", num=0))
+    assert masks.shape == (0, *one_masks.shape[1:]) and masks.dtype == one_masks.dtype
+    assert iou.shape == (0, *one_iou.shape[1:]) and iou.dtype == one_iou.dtype
+
+
 @pytest.mark.parametrize(
     "prompts, message",
     [
