@@ -45,6 +45,7 @@ import numpy as np
 from mopeft_jax import Sam, SamConfig
 from mopeft_jax.experiment.cli import enable_compilation_cache
 from mopeft_jax.host_memory import retain_freed_memory
+from mopeft_jax.peft import preset
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -266,6 +267,20 @@ class TrainRow:
     flop_ratio: float  # step FLOPs / forward FLOPs, with XLA's attention
 
 
+def _partitioned(params, method: str):
+    """(trainable, frozen, optimizer) of `method` over `params` (arrays or shapes), with the
+    default optimizer settings."""
+    from mopeft_jax.peft import method as peft_method  # pylint: disable=g-import-not-at-top
+    from mopeft_jax.train import partition  # pylint: disable=g-import-not-at-top
+
+    labels = partition.label_params(params, peft_method(method).trainable)
+    trainable, frozen = partition.split(params, labels)
+    optimizer = partition.make_optimizer(
+        partition.OptimizerConfig(), partition.split(labels, labels)[0]
+    )
+    return trainable, frozen, optimizer
+
+
 def train_benchmark(
     config: SamConfig,
     sam_params,
@@ -274,9 +289,6 @@ def train_benchmark(
     methods=("mopeft", "full_finetune"),
 ):
     """One train step of MoPEFT and of full fine-tuning against the forward of the same loss."""
-    from mopeft_jax.peft import method as peft_method  # pylint: disable=g-import-not-at-top
-    from mopeft_jax.peft import preset  # pylint: disable=g-import-not-at-top
-    from mopeft_jax.train import partition  # pylint: disable=g-import-not-at-top
     from mopeft_jax.train.step import (  # pylint: disable=g-import-not-at-top
         LossConfig,
         TrainState,
@@ -294,11 +306,7 @@ def train_benchmark(
     for method in methods:
         model = Sam(config.replace(peft=preset(method)))
         params = model.init_params(jax.random.key(0), pretrained=sam_params)
-        labels = partition.label_params(params, peft_method(method).trainable)
-        trainable, frozen = partition.split(params, labels)
-        optimizer = partition.make_optimizer(
-            partition.OptimizerConfig(), partition.split(labels, labels)[0]
-        )
+        trainable, frozen, optimizer = _partitioned(params, method)
         state = TrainState.create(trainable, optimizer)
         start = time.perf_counter()
         step = jax.jit(make_train_step(model, optimizer)).lower(state, frozen, batch).compile()
@@ -347,9 +355,6 @@ def compile_benchmark(config: SamConfig, method: str, num_prompts: int = 4) -> C
     first, then again with a step traced anew (a new jit object: nothing reused in memory),
     as a second run of a command would. Run it with the persistent compilation cache on, and
     empty, so that the second compile is a cache hit."""
-    from mopeft_jax.peft import method as peft_method  # pylint: disable=g-import-not-at-top
-    from mopeft_jax.peft import preset  # pylint: disable=g-import-not-at-top
-    from mopeft_jax.train import partition  # pylint: disable=g-import-not-at-top
     from mopeft_jax.train.step import (  # pylint: disable=g-import-not-at-top
         TrainState,
         make_train_step,
@@ -357,11 +362,7 @@ def compile_benchmark(config: SamConfig, method: str, num_prompts: int = 4) -> C
 
     model = Sam(config.replace(peft=preset(method)))
     params = jax.eval_shape(model.init_params, jax.random.key(0))
-    labels = partition.label_params(params, peft_method(method).trainable)
-    trainable, frozen = partition.split(params, labels)
-    optimizer = partition.make_optimizer(
-        partition.OptimizerConfig(), partition.split(labels, labels)[0]
-    )
+    trainable, frozen, optimizer = _partitioned(params, method)
     state = jax.eval_shape(lambda t: TrainState.create(t, optimizer), trainable)
     batch = jax.tree_util.tree_map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), _train_batch(config, num_prompts)
