@@ -23,8 +23,12 @@ def pytest_configure(config):
     commands the tests start (they read $MOPEFT_JAX_CACHE_DIR).
 
     Many tests build the same tiny-SAM programs: each `trainer.setup` jits a new train step,
-    which XLA:CPU takes 10-30 s to compile; from the cache it loads in under a second.
+    which XLA:CPU takes 10-30 s to compile; from the cache it loads in under a second. The
+    workers of a parallel run (pytest-xdist) share the controller's cache.
     """
+    if hasattr(config, "workerinput"):  # a pytest-xdist worker: the controller's cache
+        enable_compilation_cache(os.environ[_CACHE_ENV])
+        return
     directory = tempfile.mkdtemp(prefix="mopeft_jax_test_compilation_cache_")
     config.stash[_CACHE_KEY] = (directory, os.environ.get(_CACHE_ENV))
     os.environ[_CACHE_ENV] = directory
