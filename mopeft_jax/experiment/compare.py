@@ -6,15 +6,23 @@ interrupted runs in WORKDIR/<dataset>/<method>) and evaluates it MESS-style on t
 split. Writes WORKDIR/results.md and results.csv (mIoU per dataset and the mean, trainable
 parameters, step time), results.jsonl, and PNG plots: gate values per block and dataset, loss
 curves, predicted masks over images.
+
+`config.compare.workers` methods run at once, in threads of this process (default 1). Each run
+computes exactly what it computes alone, so the table is the same; only the seconds per step
+are measured on a shared machine. On a 2-core CPU, two workers overlap one method's XLA
+compilation with another's steps, and two tiny-SAM train steps at once ran 1.23x the
+throughput of one after the other (2026-12-01).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import copy
 import csv
 import dataclasses
 import json
 import pathlib
+import threading
 from typing import Dict, List
 
 import jax
@@ -56,13 +64,22 @@ def run_comparison(
         to adapt is its `checkpoint` (or a random init of `model`).
       workdir: output folder; each run trains in WORKDIR/<dataset>/<method>.
       progress: show progress bars.
+
+    Raises:
+      The first error of a run; the other workers stop after the run they are in, and every
+      finished or interrupted run resumes from its folder in the next call.
     """
     workdir = pathlib.Path(workdir)
-    results = {}
-    # Method by method: the runs of one method share its initial params and its compiled train
-    # step (same shapes on every dataset), and the next method's replace them in memory.
-    for method in config.compare.methods:
+    log_lock = threading.Lock()
+    stop = threading.Event()  # set when a run fails: the other workers end after their run
+
+    def run_method(method: str) -> Dict[tuple, MethodResult]:
+        # Dataset by dataset: the runs of one method share its initial params and its
+        # compiled train step (same shapes on every dataset).
+        done = {}
         for name in config.compare.datasets:
+            if stop.is_set():
+                break
             run_config = copy.deepcopy(config)
             run_config.data.name = name
             if method != ZERO_SHOT:
@@ -70,12 +87,28 @@ def run_comparison(
             eval_set = config_lib.dataset(run_config, config.eval.split or None)
             run_dir = workdir / eval_set.info.name / method
             result = _run_one(run_config, method, eval_set, run_dir, progress)
-            results[(name, method)] = result
-            with open(workdir / "results.jsonl", "a") as f:
-                record = dataclasses.asdict(result)
-                record.pop("history")
+            done[(name, method)] = result
+            record = dataclasses.asdict(result)
+            record.pop("history")
+            with log_lock, open(workdir / "results.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
-            print(f"{name:>24s} {method:>14s}: mIoU {100 * result.miou:6.2f}", flush=True)
+                print(f"{name:>24s} {method:>14s}: mIoU {100 * result.miou:6.2f}", flush=True)
+        return done
+
+    results = {}
+    workers = int(config.compare.get("workers", 1))
+    if workers < 1:
+        raise ValueError(f"compare.workers is {workers}; use 1 (one method at a time) or more.")
+    with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="compare") as pool:
+        futures = [pool.submit(run_method, method) for method in config.compare.methods]
+        try:
+            for future in futures:
+                results.update(future.result())
+        except BaseException:
+            stop.set()
+            for future in futures:
+                future.cancel()
+            raise
     results = [
         results[(name, method)]
         for name in config.compare.datasets

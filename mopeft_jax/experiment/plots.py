@@ -9,6 +9,7 @@ from typing import Sequence
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.figure  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -70,7 +71,9 @@ def loss_curves(results: Sequence, path: pathlib.Path) -> None:
 def overlay(image: np.ndarray, label_map: np.ndarray, num_classes: int, alpha: float = 0.5):
     """Colours a class map (H, W) over an RGB image (H, W, 3) uint8; values >= num_classes (the
     ignore label) stay uncoloured."""
-    colours = (plt.get_cmap("tab10")(np.arange(num_classes) % 10)[:, :3] * 255).astype(np.float32)
+    colours = (matplotlib.colormaps["tab10"](np.arange(num_classes) % 10)[:, :3] * 255).astype(
+        np.float32
+    )
     out = image.astype(np.float32).copy()
     known = label_map < num_classes
     out[known] = (1 - alpha) * out[known] + alpha * colours[label_map[known]]
@@ -79,7 +82,9 @@ def overlay(image: np.ndarray, label_map: np.ndarray, num_classes: int, alpha: f
 
 def mask_panels(rows: Sequence, num_classes: int, path: pathlib.Path, title: str) -> None:
     """A grid of (image, ground truth overlay, prediction overlay) rows."""
-    fig, axes = plt.subplots(len(rows), 3, figsize=(9, 3 * len(rows)), squeeze=False)
+    # A Figure of its own, not pyplot's global state: a comparison's workers plot at once.
+    fig = matplotlib.figure.Figure(figsize=(9, 3 * len(rows)))
+    axes = fig.subplots(len(rows), 3, squeeze=False)
     for ax_row, (image, label, prediction) in zip(axes, rows):
         for ax, picture, name in zip(
             ax_row,
@@ -92,7 +97,6 @@ def mask_panels(rows: Sequence, num_classes: int, path: pathlib.Path, title: str
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
-    plt.close(fig)
 
 
 def mask_overlay(

@@ -187,7 +187,7 @@ def initial_params(run_model: RunModel) -> Any:
     return _cached_initial_params(run_model, stamp)
 
 
-@functools.lru_cache(maxsize=1)
+@functools.lru_cache(maxsize=2)  # a comparison's two workers (compare.workers) each keep one
 def _cached_initial_params(run_model: RunModel, stamp) -> Any:
     del stamp  # only a cache key
     return run_model.initial_params()

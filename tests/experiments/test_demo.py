@@ -1,7 +1,8 @@
 """Shortened runs of the offline demo.
 
-- A quick one (30 pretraining steps): every method runs end to end, the tables and plots are
-  written, and the frozen weights stay frozen.
+- A quick one (30 pretraining steps): every method runs end to end, two at a time as the demo
+  runs them, each computing what it computes alone; the tables and plots are written, and the
+  frozen weights stay frozen.
 - A slow one (the demo's own pretraining, four domains, three methods): adaptation beats
   zero-shot SAM on average. A SAM pretrained for tens of steps segments nothing (mIoU < 10%),
   so this needs the real pretraining (300 steps, about 5 minutes on a 2-core CPU).
@@ -50,6 +51,18 @@ def test_short_demo_runs_every_method_and_keeps_frozen_weights_frozen(tmp_path):
     assert (tmp_path / "compare" / "gates.png").exists()
     assert (tmp_path / "compare" / "loss_curves.png").exists()
 
+    # A run beside another worker's is the run alone, bit for bit.
+    assert config.compare.workers == 2
+    alone = config.copy_and_resolve_references()
+    alone.compare.workers = 1
+    alone.compare.methods = ["mopeft"]
+    alone.compare.datasets = [f"synthetic:{DOMAINS[0]}"]
+    (alone_result,) = run_comparison(alone, tmp_path / "alone", progress=False)
+    (beside,) = [r for r in results if (r.dataset, r.method) == (DOMAINS[0], "mopeft")]
+    assert alone_result.miou == beside.miou
+    assert alone_result.history == beside.history
+    assert alone_result.gates == beside.gates
+
     # The MoPEFT run that `run_comparison` resumes from its final checkpoint: its frozen
     # params are the pretrained SAM, bit for bit.
     config.data.name = f"synthetic:{DOMAINS[0]}"
@@ -60,6 +73,14 @@ def test_short_demo_runs_every_method_and_keeps_frozen_weights_frozen(tmp_path):
     assert set(frozen) == set(sam)  # MoPEFT trains none of SAM's own weights
     for path, value in frozen.items():
         np.testing.assert_array_equal(value, sam[path])
+
+
+def test_a_comparison_needs_at_least_one_worker(tmp_path):
+    config = short_config()
+    config.compare.workers = 0
+    with pytest.raises(ValueError, match=r"compare.workers is 0; use 1 \(one method at a time\)"):
+        run_comparison(config, tmp_path, progress=False)
+    assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.slow
