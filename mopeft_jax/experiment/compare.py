@@ -114,7 +114,7 @@ def run_comparison(
         for name in config.compare.datasets
         for method in config.compare.methods
     ]
-    write_tables(results, workdir)
+    write_tables(results, workdir, workers)
     plots.gate_plot(results, workdir / "gates.png")
     plots.loss_curves(results, workdir / "loss_curves.png")
     return results
@@ -178,8 +178,11 @@ def _mean_gates(model: Sam, params, source, num_images: int = 4) -> Dict[str, fl
     return {name: float(np.mean([g[name] for g in per_image])) for name in per_image[0]}
 
 
-def write_tables(results: List[MethodResult], workdir: pathlib.Path) -> str:
-    """results.md (mIoU per dataset, domain and mean; params; step time) and results.csv."""
+def write_tables(results: List[MethodResult], workdir: pathlib.Path, workers: int = 1) -> str:
+    """results.md (mIoU per dataset, domain and mean; params; step time) and results.csv.
+
+    `workers`: how many methods ran at once, which the step times of results.md name.
+    """
     methods = list(dict.fromkeys(r.method for r in results))
     names = list(dict.fromkeys(r.dataset for r in results))
     by_key = {(r.method, r.dataset): r for r in results}
@@ -200,6 +203,11 @@ def write_tables(results: List[MethodResult], workdir: pathlib.Path) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     table = "mIoU (%) per dataset, MESS protocol\n\n" + "\n".join(lines) + "\n"
+    if workers > 1:
+        table += (
+            f"\ns / step: the median train step with {workers} methods running at once "
+            "(compare.workers); set it to 1 to time each method alone.\n"
+        )
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "results.md").write_text(table)
     with open(workdir / "results.csv", "w", newline="") as f:
