@@ -5,6 +5,7 @@
     python -m experiments.benchmark --only amg --amg-points-per-side 8   # the mask generator alone
     python -m experiments.benchmark --only pipeline   # the input pipeline's images/s
     python -m experiments.benchmark --only compile    # train-step compile time, first and cached
+    python -m experiments.benchmark --only accelerator --quick   # the GPU benchmark, tiny, any backend
 
 Measures, with the same (random) weights in both frameworks:
   * the image encoder on one image (batch 1, float32), runs of the two interleaved;
@@ -18,7 +19,12 @@ Measures, with the same (random) weights in both frameworks:
     same loss, with peak memory, trainable parameters and optimizer-state bytes, and the
     ratio of their FLOPs, the arithmetic floor of the time ratio;
   * (`--only compile`) the train step's trace and compile time on a first run and from JAX's
-    persistent compilation cache, as the `experiments/` commands use it.
+    persistent compilation cache, as the `experiments/` commands use it;
+  * (on a GPU or TPU, or `--only accelerator`) bfloat16 encoders (ViT-B, ViT-H; batch 8)
+    against HF transformers (sdpa) and the official SAM (bf16 autocast), and ViT-B train
+    steps (MoPEFT, LoRA, full fine-tuning; 8 images x 16 boxes) against HF `SamModel` with HF
+    peft LoRA and with every weight: images/s, MFU, peak memory, compile time (first and
+    from the persistent cache). Needs `transformers` and `peft`; about 6 minutes on one GPU.
 The process keeps freed host memory (`mopeft_jax.host_memory.retain_freed_memory`), which
 both frameworks share. Needs the `test` extra (torch and segment-anything) for the reference.
 """
@@ -26,6 +32,7 @@ both frameworks share. Needs the `test` extra (torch and segment-anything) for t
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
 import datetime
 import functools
@@ -36,7 +43,7 @@ import platform
 import sys
 import tempfile
 import time
-from typing import Callable, List
+from typing import Callable, List, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -46,6 +53,7 @@ from mopeft_jax import Sam, SamConfig
 from mopeft_jax.experiment.cli import enable_compilation_cache
 from mopeft_jax.host_memory import retain_freed_memory
 from mopeft_jax.peft import preset
+from mopeft_jax.sam.flops import encoder_flops, train_step_flops
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -82,9 +90,9 @@ def interleaved_timings(fns: List[Callable[[], object]], repeats: int) -> List[f
     return [float(np.median(t)) for t in times]
 
 
-def matmul_peak_flops(n: int = 4096, repeats: int = 3) -> float:
-    """float32 FLOP/s of one large jitted matmul, the machine's practical peak."""
-    a = jnp.asarray(np.random.RandomState(0).randn(n, n).astype(np.float32))
+def matmul_peak_flops(n: int = 4096, repeats: int = 3, dtype=jnp.float32) -> float:
+    """FLOP/s of one large jitted `dtype` matmul, the machine's practical peak."""
+    a = jnp.asarray(np.random.RandomState(0).randn(n, n), dtype)
     matmul = jax.jit(lambda x, y: x @ y)
     matmul(a, a).block_until_ready()
     best = min(_timed(lambda: matmul(a, a).block_until_ready()) for _ in range(repeats))
@@ -394,25 +402,27 @@ def format_compile_report(rows: List[CompileRow], machine: str, title: str) -> s
     return "\n".join(lines) + "\n"
 
 
-def _train_batch(config: SamConfig, num_prompts: int):
-    """One image with `num_prompts` rectangular masks and their boxes."""
+def _train_batch(config: SamConfig, num_prompts: int, num_images: int = 1):
+    """`num_images` images, each with `num_prompts` rectangular masks and their boxes."""
     rng = np.random.RandomState(1)
     low = config.low_res_mask_size
     scale = config.image_size / low
-    masks = np.zeros((1, num_prompts, low, low), np.float32)
-    boxes = np.zeros((1, num_prompts, 4), np.float32)
-    for p in range(num_prompts):
-        y0, x0 = rng.randint(0, low // 2, 2)
-        h, w = rng.randint(low // 8, low // 2, 2)
-        masks[0, p, y0 : y0 + h, x0 : x0 + w] = 1
-        boxes[0, p] = np.array([x0, y0, x0 + w, y0 + h]) * scale
-    image = rng.randn(1, config.image_size, config.image_size, 3).astype(np.float32)
+    masks = np.zeros((num_images, num_prompts, low, low), np.float32)
+    boxes = np.zeros((num_images, num_prompts, 4), np.float32)
+    for i in range(num_images):
+        for p in range(num_prompts):
+            y0, x0 = rng.randint(0, low // 2, 2)
+            h, w = rng.randint(low // 8, low // 2, 2)
+            masks[i, p, y0 : y0 + h, x0 : x0 + w] = 1
+            boxes[i, p] = np.array([x0, y0, x0 + w, y0 + h]) * scale
+    size = config.image_size
+    image = rng.randn(num_images, size, size, 3).astype(np.float32)
     return dict(
         image=image,
         boxes=boxes,
         points=boxes[..., :2],
         masks=masks,
-        valid=np.ones((1, num_prompts), bool),
+        valid=np.ones((num_images, num_prompts), bool),
     )
 
 
@@ -604,6 +614,349 @@ def format_pipeline_report(
     return "\n".join(lines) + "\n"
 
 
+# ----------------------------------------------------------------------------- accelerators
+
+GPU_METHODS = ("mopeft", "lora", "full_finetune")
+
+
+@dataclasses.dataclass
+class AcceleratorRow:
+    what: str
+    framework: str
+    images_per_s: float
+    flops_per_image: float  # counted from the shapes (mopeft_jax.sam.flops)
+    peak_bytes: float = float("nan")
+    compile_s: float = float("nan")
+
+
+def hf_sam(config: SamConfig):
+    """Hugging Face transformers' `SamModel` with `config`'s architecture, its own random
+    weights and PyTorch's scaled-dot-product attention ("sdpa")."""
+    _, official = _import_official()
+    with official.torchvision_stand_in_hidden():
+        from transformers import SamConfig as HFSamConfig  # pylint: disable=g-import-not-at-top
+        from transformers import SamModel  # pylint: disable=g-import-not-at-top
+
+    c = config
+    hf_config = HFSamConfig(
+        vision_config=dict(
+            hidden_size=c.encoder_embed_dim,
+            output_channels=c.prompt_embed_dim,
+            num_hidden_layers=c.encoder_depth,
+            num_attention_heads=c.encoder_num_heads,
+            image_size=c.image_size,
+            patch_size=c.patch_size,
+            mlp_ratio=c.mlp_ratio,
+            mlp_dim=int(c.encoder_embed_dim * c.mlp_ratio),
+            window_size=c.window_size,
+            global_attn_indexes=list(c.encoder_global_attn_indexes),
+            num_pos_feats=c.prompt_embed_dim // 2,
+        ),
+        prompt_encoder_config=dict(
+            hidden_size=c.prompt_embed_dim,
+            image_size=c.image_size,
+            patch_size=c.patch_size,
+            mask_input_channels=c.mask_in_chans,
+        ),
+        mask_decoder_config=dict(
+            hidden_size=c.prompt_embed_dim,
+            mlp_dim=c.decoder_mlp_dim,
+            num_hidden_layers=c.decoder_depth,
+            num_attention_heads=c.decoder_num_heads,
+            attention_downsample_rate=c.attention_downsample_rate,
+            num_multimask_outputs=c.num_multimask_outputs,
+            iou_head_depth=c.iou_head_depth,
+            iou_head_hidden_dim=c.iou_head_hidden_dim,
+        ),
+    )
+    return SamModel._from_config(hf_config, attn_implementation="sdpa")
+
+
+def _torch_device(torch) -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _torch_seconds(torch, fn, repeats: int) -> float:
+    """Median wall time of `fn` on the torch device, after two warm-up calls."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    for _ in range(2):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def _jax_seconds(fn, repeats: int) -> float:
+    """Median wall time of `fn` (which blocks on its result), after one warm-up call."""
+    fn()
+    return float(np.median([_timed(fn) for _ in range(repeats)]))
+
+
+def _peak_bytes(compiled) -> float:
+    memory = compiled.memory_analysis()
+    return float(
+        memory.temp_size_in_bytes + memory.argument_size_in_bytes + memory.output_size_in_bytes
+    )
+
+
+def _official_params(config: SamConfig):
+    """(the official PyTorch SAM with random weights, the same weights as Flax params)."""
+    from weights_convert import load_pytorch_checkpoint  # pylint: disable=g-import-not-at-top
+
+    _, official = _import_official()
+    reference = official.build_official_sam(config.replace(dtype="float32"))
+    _, params = load_pytorch_checkpoint(
+        reference.state_dict(), decoder_num_heads=config.decoder_num_heads
+    )
+    return reference, params
+
+
+def encoder_rows(config: SamConfig, name: str, batch: int, repeats: int) -> List[AcceleratorRow]:
+    """The image encoder on `batch` images: mopeft-jax (`config`'s dtype and attention), HF
+    transformers (sdpa, the model cast to bfloat16) and the official SAM (bfloat16 autocast)."""
+    torch, _ = _import_official()
+    device = _torch_device(torch)
+    reference, params = _official_params(config)
+    flops = encoder_flops(config)
+    images = np.random.RandomState(0).randn(batch, config.image_size, config.image_size, 3)
+    images = jnp.asarray(images, jnp.float32)
+    variables = jax.device_put({"params": params})
+    encode = jax.jit(functools.partial(Sam(config).apply, method=Sam.encode_image))
+    start = time.perf_counter()
+    compiled = encode.lower(variables, images).compile()
+    compile_s = time.perf_counter() - start
+    jax_s = _jax_seconds(lambda: compiled(variables, images).block_until_ready(), repeats)
+    rows = [
+        AcceleratorRow(
+            f"{name} encoder, batch {batch}",
+            f"mopeft-jax (attention={config.attention})",
+            batch / jax_s,
+            flops,
+            _peak_bytes(compiled),
+            compile_s,
+        )
+    ]
+    pixels = torch.from_numpy(np.asarray(images)).permute(0, 3, 1, 2).contiguous().to(device)
+    official_encoder = reference.image_encoder.to(device)
+    hf_encoder = hf_sam(config).vision_encoder.to(device, torch.bfloat16)
+    hf_pixels = pixels.to(torch.bfloat16)
+
+    def official_forward():
+        with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16):
+            return official_encoder(pixels)
+
+    def hf_forward():
+        with torch.no_grad():
+            return hf_encoder(hf_pixels)
+
+    for framework, forward in (
+        ("official SAM (bf16 autocast)", official_forward),
+        ("HF transformers (sdpa, bf16)", hf_forward),
+    ):
+        seconds = _torch_seconds(torch, forward, repeats)
+        rows.append(
+            AcceleratorRow(f"{name} encoder, batch {batch}", framework, batch / seconds, flops)
+        )
+    return rows
+
+
+def _step_flops(config: SamConfig, method: str, num_prompts: int) -> float:
+    from mopeft_jax.peft import method as peft_method  # pylint: disable=g-import-not-at-top
+
+    trainable = peft_method(method).trainable
+    return train_step_flops(
+        config,
+        num_prompts,
+        encoder_weights=trainable == "all",
+        decoder_weights=trainable in ("all", "peft+decoder", "decoder"),
+    )
+
+
+def train_rows(
+    config: SamConfig, batch: int, num_prompts: int, repeats: int, methods=GPU_METHODS
+) -> List[AcceleratorRow]:
+    """Train steps on `batch` images x `num_prompts` boxes: mopeft-jax's `methods` (their
+    compilations run at once, in threads), then HF `SamModel` with HF peft LoRA (r=8 on
+    qkv) and with every weight training, both under bfloat16 autocast with AdamW.
+
+    The last row is the first method's step traced anew and loaded from the persistent
+    compilation cache (turn the cache on, empty, before calling).
+    """
+    from mopeft_jax.train.step import (  # pylint: disable=g-import-not-at-top
+        TrainState,
+        make_train_step,
+    )
+
+    _, sam_params = _official_params(config)
+    host_batch = _train_batch(config, num_prompts, num_images=batch)
+    device_batch = jax.device_put(host_batch)
+
+    def build(method):
+        model = Sam(config.replace(peft=preset(method)))
+        params = model.init_params(jax.random.key(0), pretrained=sam_params)
+        trainable, frozen, optimizer = _partitioned(params, method)
+        state = TrainState.create(trainable, optimizer)
+        start = time.perf_counter()
+        step = jax.jit(make_train_step(model, optimizer))
+        compiled = step.lower(state, frozen, device_batch).compile()
+        return model, optimizer, state, frozen, compiled, time.perf_counter() - start
+
+    with concurrent.futures.ThreadPoolExecutor(len(methods)) as pool:
+        built = dict(zip(methods, pool.map(build, methods)))
+    rows = []
+    for method, (_, _, state, frozen, compiled, compile_s) in built.items():
+        seconds = _jax_seconds(
+            lambda: jax.block_until_ready(compiled(state, frozen, device_batch)), repeats
+        )
+        rows.append(
+            AcceleratorRow(
+                f"train step, {batch} x {num_prompts} boxes",
+                f"mopeft-jax {method}",
+                batch / seconds,
+                _step_flops(config, method, num_prompts),
+                _peak_bytes(compiled),
+                compile_s,
+            )
+        )
+    first = methods[0]
+    model, optimizer, state, frozen, _, _ = built[first]
+    del built
+    start = time.perf_counter()
+    jax.jit(make_train_step(model, optimizer)).lower(state, frozen, device_batch).compile()
+    rows.append(
+        AcceleratorRow(
+            f"train step, {batch} x {num_prompts} boxes",
+            f"mopeft-jax {first}, compile from the persistent cache (traced anew)",
+            float("nan"),
+            float("nan"),
+            compile_s=time.perf_counter() - start,
+        )
+    )
+    for lora in (True, False):
+        rows.append(_hf_train_row(config, host_batch, lora, repeats))
+    return rows
+
+
+def _hf_train_row(config: SamConfig, host_batch, lora: bool, repeats: int) -> AcceleratorRow:
+    """HF `SamModel` trained on `host_batch` with a sigmoid cross-entropy on its single-mask
+    output: with HF peft LoRA (r=8, alpha 8, on the encoder's qkv) or every weight."""
+    torch, _ = _import_official()
+    device = _torch_device(torch)
+    model = hf_sam(config).to(device)
+    if lora:
+        from peft import LoraConfig, get_peft_model  # pylint: disable=g-import-not-at-top
+
+        model = get_peft_model(model, LoraConfig(r=8, lora_alpha=8, target_modules=["qkv"]))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    pixels = torch.from_numpy(host_batch["image"]).permute(0, 3, 1, 2).contiguous().to(device)
+    boxes = torch.from_numpy(host_batch["boxes"]).to(device)
+    targets = torch.from_numpy(host_batch["masks"]).to(device)
+
+    def step():
+        with torch.autocast(device, dtype=torch.bfloat16):
+            masks = model(pixel_values=pixels, input_boxes=boxes, multimask_output=False)
+        logits = masks.pred_masks[:, :, 0].float()
+        torch.nn.functional.binary_cross_entropy_with_logits(logits, targets).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    seconds = _torch_seconds(torch, step, repeats)
+    peak = torch.cuda.max_memory_allocated() if device == "cuda" else float("nan")
+    batch, num_prompts = host_batch["boxes"].shape[:2]
+    encoder_weights = not lora
+    return AcceleratorRow(
+        f"train step, {batch} x {num_prompts} boxes",
+        "HF SamModel + peft LoRA (r=8, qkv)" if lora else "HF SamModel, every weight",
+        batch / seconds,
+        train_step_flops(config, num_prompts, encoder_weights, decoder_weights=not lora),
+        float(peak),
+    )
+
+
+def format_accelerator_report(
+    rows: List[AcceleratorRow], machine: str, peak: float, peak_size: int = 8192
+) -> str:
+    """The accelerator benchmark as a markdown section, with the ratios issue 13 tracks."""
+    lines = [
+        "## SAM on an accelerator: encoders and train steps, bfloat16",
+        "",
+        f"{datetime.date.today().isoformat()}; {machine}; torch {_torch_version()}. One process, "
+        "the same random weights for mopeft-jax and the official SAM (HF SamModel has its own). "
+        "MFU: FLOPs counted from the shapes (`mopeft_jax.sam.flops`; a train step is the "
+        "forward, its input gradients and the trained weights' gradients) over the "
+        f"measured bfloat16 matmul peak, {peak / 1e12:.1f} TFLOP/s (jitted {peak_size}-cube). Peak "
+        "memory: XLA's memory analysis of the compiled program (arguments, outputs, "
+        "temporaries); `torch.cuda.max_memory_allocated` for PyTorch.",
+        "",
+        "| what | framework | img/s | MFU | peak memory (GB) | compile (s) |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+
+    def number(value, fmt):
+        return "" if np.isnan(value) else format(value, fmt)
+
+    for r in rows:
+        mfu = r.images_per_s * r.flops_per_image / peak
+        lines.append(
+            f"| {r.what} | {r.framework} | {number(r.images_per_s, '.1f')} | "
+            f"{number(100 * mfu, '.0f')}{'' if np.isnan(mfu) else '%'} | "
+            f"{number(r.peak_bytes / 2**30, '.1f')} | {number(r.compile_s, '.0f')} |"
+        )
+    by_framework = {(r.what, r.framework): r for r in rows}
+    ratios = []
+    for r in rows:
+        if r.framework == "mopeft-jax mopeft":
+            peer = by_framework.get((r.what, "HF SamModel + peft LoRA (r=8, qkv)"))
+            if peer is not None:
+                memory = r.peak_bytes / peer.peak_bytes
+                ratios.append(
+                    f"train img/s, MoPEFT / HF peft LoRA: {r.images_per_s / peer.images_per_s:.2f}x"
+                    + ("" if np.isnan(memory) else f"; peak memory: {memory:.2f}x")
+                )
+        if r.framework.startswith("mopeft-jax (attention="):
+            peer = by_framework.get((r.what, "HF transformers (sdpa, bf16)"))
+            if peer is not None:
+                ratios.append(
+                    f"{r.what}, img/s, mopeft-jax / HF sdpa: "
+                    f"{r.images_per_s / peer.images_per_s:.2f}x"
+                )
+    if ratios:
+        lines += ["", *[f"- {ratio}" for ratio in ratios]]
+    return "\n".join(lines) + "\n"
+
+
+def accelerator_benchmark(quick: bool, repeats: int) -> Tuple[List[AcceleratorRow], float, int]:
+    """Every row of the accelerator benchmark, the bfloat16 matmul peak and its matrix size.
+
+    Full: ViT-B and ViT-H encoders at batch 8, ViT-B train steps at 8 images x 16 boxes.
+    `quick`: the tiny SAM, 2 images x 4 boxes, for a smoke test on any backend.
+    """
+    if quick:
+        encoders = [("tiny", SamConfig.tiny(dtype="bfloat16"))]
+        train_config, batch, prompts, peak_size = SamConfig.tiny(dtype="bfloat16"), 2, 4, 1024
+    else:
+        encoders = [
+            ("ViT-B", SamConfig.vit_b(dtype="bfloat16")),
+            ("ViT-H", SamConfig.vit_h(dtype="bfloat16")),
+        ]
+        train_config, batch, prompts, peak_size = SamConfig.vit_b(dtype="bfloat16"), 8, 16, 8192
+    peak = matmul_peak_flops(n=peak_size, repeats=repeats, dtype=jnp.bfloat16)
+    rows = []
+    with tempfile.TemporaryDirectory() as cache:
+        enable_compilation_cache(cache)  # empty: the first compilations are cold
+        for name, config in encoders:
+            rows += encoder_rows(config, name, 2 if quick else 8, repeats)
+        rows += train_rows(train_config, batch, prompts, repeats)
+    return rows, peak, peak_size
+
+
 def append_report(output: str, report: str) -> None:
     """Appends a markdown `report` to the file `output` (created with a title if missing)."""
     path = pathlib.Path(output)
@@ -634,9 +987,11 @@ def main(argv=None) -> int:
     parser.add_argument("--no-train", action="store_true", help="skip the train-step timings")
     parser.add_argument(
         "--only",
-        choices=["amg", "pipeline", "compile"],
+        choices=["amg", "pipeline", "compile", "accelerator"],
         help="run one benchmark alone: amg, the automatic mask generator; pipeline, the "
-        "training input pipeline's throughput; compile, the train step's compile time",
+        "training input pipeline's throughput; compile, the train step's compile time; "
+        "accelerator, bfloat16 encoders and train steps against HF transformers and peft "
+        "(the default on a GPU or TPU)",
     )
     parser.add_argument(
         "--amg-points-per-side", type=int, default=32, help="point grid of the mask generator"
@@ -653,6 +1008,13 @@ def main(argv=None) -> int:
     )
     args = parser.parse_args(argv)
     retained = retain_freed_memory()  # before the first computation; see mopeft_jax.host_memory
+    if args.only == "accelerator" or (args.only is None and jax.default_backend() != "cpu"):
+        rows, peak, peak_size = accelerator_benchmark(args.quick, args.repeats)
+        report = format_accelerator_report(rows, machine_description(retained), peak, peak_size)
+        print(report)
+        if args.output and not args.quick:
+            append_report(args.output, report)
+        return 0
     if args.only == "pipeline":
         size, prompts, batch = (128, 8, 4) if args.quick else (1024, 16, 8)
         workers = tuple(int(w) for w in args.pipeline_workers.split(","))

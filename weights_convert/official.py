@@ -9,6 +9,7 @@ stand-ins so that the official code imports; calling one of them fails loudly.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import sys
@@ -40,6 +41,23 @@ def register_torchvision_stand_in() -> bool:
         module.__dict__.update(attrs)
         sys.modules[name] = module
     return True
+
+
+@contextlib.contextmanager
+def torchvision_stand_in_hidden():
+    """The block runs with the stand-in's modules out of `sys.modules`.
+
+    transformers asks `importlib.util.find_spec("torchvision")` on import, which fails on a
+    module without a spec; imported in this block, it finds no torchvision (and caches that).
+    """
+    names = [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]
+    stand_in = {n: sys.modules[n] for n in names if sys.modules[n].__spec__ is None}
+    for name in stand_in:
+        del sys.modules[name]
+    try:
+        yield
+    finally:
+        sys.modules.update(stand_in)
 
 
 register_torchvision_stand_in()
