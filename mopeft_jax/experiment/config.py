@@ -71,6 +71,10 @@ def base_config() -> ml_collections.ConfigDict:
     # three). With the best of three, which output learns a box is left to chance and the
     # evaluated one can get worse while the loss falls.
     config.loss.output = 0
+    # SAM's weights: 20 focal : 1 dice : 1 IoU-head MSE.
+    config.loss.focal_weight = 20.0
+    config.loss.dice_weight = 1.0
+    config.loss.iou_weight = 1.0
 
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.learning_rates = ml_collections.ConfigDict(
@@ -196,5 +200,10 @@ def optimizer_config(config: ml_collections.ConfigDict) -> OptimizerConfig:
 
 def loss_config(config: ml_collections.ConfigDict) -> LossConfig:
     return LossConfig(
-        prompt=config.loss.prompt, multimask=config.loss.multimask, output=config.loss.output
+        prompt=config.loss.prompt,
+        multimask=config.loss.multimask,
+        output=config.loss.output,
+        focal_weight=config.loss.focal_weight,
+        dice_weight=config.loss.dice_weight,
+        iou_weight=config.loss.iou_weight,
     )
