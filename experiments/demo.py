@@ -57,7 +57,9 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not any(a == "--config" or a.startswith("--config=") for a in argv):
         argv.insert(0, f"--config={CONFIGS / 'demo.py'}")
-    return cli.main(run, argv, configs_dir=CONFIGS)
+    # The tiny SAM's thousands of small kernels a step, in two threads, contend for a single
+    # malloc arena: the comparison took 73-74 s with one and 61-66 s without (2026-12-02).
+    return cli.main(run, argv, configs_dir=CONFIGS, single_malloc_arena=False)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ _PROTOCOL = flags.DEFINE_enum(
 )
 _MAX_IMAGES = flags.DEFINE_integer("max_images", None, "evaluate the first N images only")
 _OUTPUT = flags.DEFINE_string("output", None, "append one JSON line per dataset to this file")
-_BUCKET = flags.DEFINE_integer("prompt_bucket", 100, "prompts decoded per call (padded)")
+_BUCKET = flags.DEFINE_integer("prompt_bucket", 100, "the most prompts decoded per call")
 _SEED = flags.DEFINE_integer("seed", 42, "seed of the oracle points")
 _SYNTHETIC_EXAMPLES = flags.DEFINE_integer("synthetic_examples", 64, "synthetic: images")
 _SYNTHETIC_SIZE = flags.DEFINE_integer("synthetic_image_size", 128, "synthetic: image side")

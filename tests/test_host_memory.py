@@ -16,7 +16,7 @@ _SCRIPT = textwrap.dedent(
     import ctypes, ctypes.util, resource
     from mopeft_jax.host_memory import retain_freed_memory
 
-    applied = retain_freed_memory()
+    applied = retain_freed_memory(single_arena={{single_arena}})
 
     libc = ctypes.CDLL(ctypes.util.find_library("c"))
     libc.malloc.restype = ctypes.c_void_p
@@ -35,9 +35,12 @@ _SCRIPT = textwrap.dedent(
 )
 
 
-def test_second_allocation_reuses_the_freed_pages():
+@pytest.mark.parametrize("single_arena", [True, False])
+def test_second_allocation_reuses_the_freed_pages(single_arena):
+    """In the main thread, with or without the one-arena limit (which binds other threads)."""
+    script = _SCRIPT.replace("{single_arena}", str(single_arena))
     out = subprocess.run(
-        [sys.executable, "-c", _SCRIPT], check=True, capture_output=True, text=True
+        [sys.executable, "-c", script], check=True, capture_output=True, text=True
     ).stdout.split()
     applied, faults = out[0] == "True", int(out[1])
     if not applied:

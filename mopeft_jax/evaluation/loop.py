@@ -8,9 +8,9 @@ Per image (``source[i]`` a dict with ``"image"`` (H, W, 3) uint8 and ``"label"``
 2. the label is resized (nearest) to the same longest side and the oracle prompts are computed on
    it (:func:`mopeft_jax.evaluation.oracle_prompts`): one per 4-connected segment of at least 10
    pixels, background included, at most 100, largest first;
-3. the image is encoded once; all its prompts are decoded against the one embedding, padded up to
-   a fixed bucket so that the jitted decoder compiles once (and cut into chunks of the bucket size
-   if there are more prompts than that);
+3. the image is encoded once; all its prompts are decoded against the one embedding, cut into
+   chunks of at most ``prompt_bucket`` and each padded up to the next power of two (at most the
+   bucket), so that the jitted decoder compiles a few times, not once per prompt count;
 4. of the three multimask outputs the first is kept (mask token 1, as SAM-MESS does), its logits
    are upscaled to the original label size unbinarised
    (:func:`mopeft_jax.sam.transforms.postprocess_masks`) and turned into a class map
@@ -44,6 +44,7 @@ from mopeft_jax.evaluation.metrics import (
 )
 from mopeft_jax.evaluation.prompts import oracle_prompts
 from mopeft_jax.evaluation.semantic_map import semantic_map
+from mopeft_jax.inference.predictor import prompt_bucket as padded_size
 from mopeft_jax.peft.gates import gate_values
 from mopeft_jax.preprocessing import preprocess_image, resize_label_longest_side
 from mopeft_jax.sam.model import Sam
@@ -231,10 +232,6 @@ _postprocess = jax.jit(
 # ---------------------------------------------------------------------------------------------
 
 
-def _next_power_of_two(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
-
-
 def _pad_prompts(prompts: np.ndarray, size: int) -> np.ndarray:
     """``(n, ...)`` -> ``(size, ...)`` float32, padded with copies of the first prompt.
 
@@ -271,11 +268,12 @@ def _image_class_map(
     for start in range(0, len(prompts), prompt_bucket):
         chunk = prompts[start : start + prompt_bucket]
         n = len(chunk)
-        low_res = decode(decoder, embedding, _pad_prompts(chunk, prompt_bucket))
-        # Upscale only about as many masks as there are real prompts (few shape variants).
-        m = min(prompt_bucket, _next_power_of_two(n))
+        # Padded to a power of two, not to the bucket: the demo's images have 5-11 prompts, and
+        # decoding 16 instead of 100 made its evaluation 3.7x faster (2026-12-02).
+        size = padded_size(n, prompt_bucket)
+        low_res = decode(decoder, embedding, _pad_prompts(chunk, size))
         logits = _postprocess(
-            low_res[:m],
+            low_res,
             input_size=tuple(input_size),
             original_size=tuple(original_size),
             image_size=image_size,
@@ -356,6 +354,7 @@ def evaluate_source(
     classes_of_interest: Optional[Sequence[int]] = None,
     progress: bool = True,
     desc: Optional[str] = None,
+    on_image: Optional[Callable[[int, Dict[str, Any], np.ndarray, np.ndarray], None]] = None,
 ) -> EvalResult:
     """Evaluates ``model`` on ``source`` with MESS's oracle prompts (see the module docstring).
 
@@ -370,8 +369,9 @@ def evaluate_source(
       ignore_label: label value never prompted and not counted.
       prompt_kind: ``"box"`` or ``"point"``.
       max_images: evaluate only the first this many images (None: all).
-      prompt_bucket: prompts decoded per call; an image's prompts are padded up to it (one
-        compilation for every image) and cut into chunks of it when there are more.
+      prompt_bucket: the most prompts decoded per call: an image's prompts are cut into
+        chunks of it, each padded to the next power of two (at most ``prompt_bucket``), so
+        the decoder compiles once per padded size (at most 8 sizes for 100).
       seed: seed of the oracle points, the same for every image (an image's prompts do not
         depend on which other images are evaluated).
       protocol: the mIoU rule, ``mean_iou``'s: "mess" (MESS's evaluator, the default) or
@@ -379,6 +379,9 @@ def evaluate_source(
       classes_of_interest: the classes of CoI-mIoU (None: every class).
       progress: show a tqdm progress bar.
       desc: the progress bar's label.
+      on_image: called as ``on_image(index, example, prediction, label)`` after each image,
+        with its ``(H, W)`` predicted class map and label (to plot or keep predictions
+        without computing them again).
 
     Returns:
       The :class:`EvalResult` of the dataset.
@@ -410,6 +413,8 @@ def evaluate_source(
             name=f"example {index}",
         )
         confusion += confusion_matrix(pred, label, num_classes, ignore_label)
+        if on_image is not None:
+            on_image(index, example, pred, label)
     seconds = time.perf_counter() - start_time
     return EvalResult.from_confusion(confusion, num_images, seconds, protocol, classes_of_interest)
 

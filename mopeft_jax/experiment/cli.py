@@ -70,6 +70,7 @@ def main(
     run: Callable[[], Optional[int]],
     argv: Optional[Sequence[str]] = None,
     configs_dir: Optional[os.PathLike] = None,
+    single_malloc_arena: bool = True,
 ) -> int:
     """Parses the flags in `argv` (default sys.argv), sets up the process and calls `run()`.
 
@@ -77,6 +78,8 @@ def main(
       run: the command; it reads its absl flags.
       argv: the arguments, without the program name (default: sys.argv[1:]).
       configs_dir: where `--config NAME` finds NAME.py (the shipped experiments/configs).
+      single_malloc_arena: `retain_freed_memory`'s `single_arena`: on for large models
+        (fewer page faults), off for many small kernels in several threads (less contention).
 
     Returns:
       The exit status: `run()`'s (None counts as 0), 1 for a user error, 2 for bad flags.
@@ -87,7 +90,7 @@ def main(
     except flags.Error as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    setup_process()
+    setup_process(single_malloc_arena)
     try:
         return run() or 0
     except (*USER_ERRORS, RuntimeError) as error:
@@ -120,9 +123,10 @@ def config_path(value: str, configs_dir: os.PathLike) -> str:
     return os.path.expanduser(value)
 
 
-def setup_process() -> None:
-    """Host memory, the compilation cache and log levels, before the first computation."""
-    retain_freed_memory()
+def setup_process(single_malloc_arena: bool = True) -> None:
+    """Host memory (`retain_freed_memory(single_malloc_arena)`), the compilation cache and log
+    levels, before the first computation."""
+    retain_freed_memory(single_malloc_arena)
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top

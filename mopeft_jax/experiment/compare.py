@@ -40,6 +40,7 @@ from mopeft_jax.sam.model import Sam
 ZERO_SHOT = "zero_shot"
 RESULT_FILES = ("results.jsonl", "results.md", "results.csv")
 """What a comparison writes in its folder besides the runs and plots."""
+_SHOWN_IMAGES = 3  # evaluation images in each <dataset>/masks_<method>.png
 
 
 @dataclasses.dataclass
@@ -133,6 +134,13 @@ def _run_one(config, method, eval_set, run_dir: pathlib.Path, progress) -> Metho
         model, params = trained.model, trained.params
         trainable = sum(int(np.size(x)) for x in jax.tree_util.tree_leaves(trained.trainable))
         history, step_seconds = trained.history, trained.step_seconds
+    info = eval_set.info
+    shown = []  # (image, label, prediction) of the first few images, for the mask plot
+
+    def keep_shown(index, example, prediction, label):
+        if index < _SHOWN_IMAGES:
+            shown.append((np.asarray(example["image"]), label, prediction))
+
     result = evaluate_dataset(
         model,
         params,
@@ -141,12 +149,12 @@ def _run_one(config, method, eval_set, run_dir: pathlib.Path, progress) -> Metho
         max_images=config.eval.max_images or None,
         prompt_bucket=config.eval.prompt_bucket,
         progress=progress,
+        on_image=keep_shown,
     )
     gates = _mean_gates(model, params, eval_set.source) if _is_gated(model) else {}
-    plots.mask_overlay(
-        model, params, eval_set.source, eval_set.info, run_dir.parent / f"masks_{method}.png"
+    plots.mask_panels(
+        shown, info.num_classes, run_dir.parent / f"masks_{method}.png", f"{info.name}: {method}"
     )
-    info = eval_set.info
     return MethodResult(
         method,
         info.name,

@@ -97,26 +97,3 @@ def mask_panels(rows: Sequence, num_classes: int, path: pathlib.Path, title: str
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
-
-
-def mask_overlay(
-    model, params, source, info, path: pathlib.Path, num_images: int = 3, prompt_kind: str = "box"
-) -> None:
-    """Predicted class maps (MESS protocol, oracle prompts) next to the ground truth."""
-    from mopeft_jax.evaluation.loop import predict_class_map  # pylint: disable=g-import-not-at-top
-
-    rows = []
-    for i in range(min(num_images, len(source))):
-        example = source[i]
-        prediction, label = predict_class_map(
-            model,
-            params,
-            example["image"],
-            example["label"],
-            num_classes=info.num_classes,
-            background_class=info.background_class,
-            ignore_label=info.ignore_label,
-            prompt_kind=prompt_kind,
-        )
-        rows.append((np.asarray(example["image"]), label, prediction))
-    mask_panels(rows, info.num_classes, path, f"{info.name}: {path.stem.replace('masks_', '')}")

@@ -17,6 +17,7 @@ from sam_configs import MINIMAL
 from mopeft_jax import Sam
 from mopeft_jax.data import SyntheticSegmentation
 from mopeft_jax.evaluation import (
+    confusion_matrix,
     connected_segments,
     loop,
     mean_iou,
@@ -24,6 +25,7 @@ from mopeft_jax.evaluation import (
     resize_label_longest_side,
     segmentation_metrics,
 )
+from mopeft_jax.inference.predictor import prompt_bucket
 
 TINY = MINIMAL
 # Low-res logits at the input resolution: a stand-in decoder can draw any input-frame mask.
@@ -195,8 +197,15 @@ def test_oracle_decoder_gives_perfect_miou(stand_in, kind):
     assert confusion.sum() == int((labels != 255).sum())
     assert np.array_equal(confusion, np.diag(np.diag(confusion)))
     assert result.miou == 1.0
-    # One compilation for images with different numbers of prompts, chunks included.
-    assert decoder.traces == 1
+    # One compilation per padded chunk size (the next power of two, at most the bucket), not
+    # per number of prompts.
+    counts = [
+        len(oracle_prompts(resize_label_longest_side(e["label"], FINE_128.image_size), kind)[0])
+        for e in examples
+    ]
+    sizes = {prompt_bucket(min(3, n - start), 3) for n in counts for start in range(0, n, 3)}
+    assert len(sizes) > 1, (counts, sizes)
+    assert decoder.traces == len(sizes)
     assert decoder.calls > 4
 
 
@@ -297,6 +306,34 @@ def test_real_tiny_model_end_to_end(tiny, kind):
     )
     assert limited.num_images == 1
     assert limited.confusion.sum() == int((labels[0] != 255).sum())
+
+
+def test_on_image_sees_each_prediction_and_label(tiny):
+    """`on_image` gets every evaluated image's class map and label, in order: those of
+    predict_class_map, and together the confusion matrix."""
+    model, params = tiny
+    source = SyntheticSegmentation("color_shift", "val", 3, image_size=(48, 40), seed=2)
+    seen = []
+    result = loop.evaluate_source(
+        model,
+        params,
+        source,
+        num_classes=5,
+        background_class=0,
+        progress=False,
+        on_image=lambda index, example, pred, label: seen.append((index, example, pred, label)),
+    )
+    assert [index for index, *_ in seen] == [0, 1, 2]
+    confusion = np.zeros((5, 5), np.int64)
+    for index, example, pred, label in seen:
+        np.testing.assert_array_equal(example["image"], source[index]["image"])
+        expected, expected_label = loop.predict_class_map(
+            model, params, example["image"], example["label"], num_classes=5, background_class=0
+        )
+        np.testing.assert_array_equal(pred, expected)
+        np.testing.assert_array_equal(label, expected_label)
+        confusion += confusion_matrix(pred, label, 5)
+    np.testing.assert_array_equal(result.confusion, confusion)
 
 
 def _result(miou, images=1):
